@@ -1,0 +1,5 @@
+import sys
+
+from ctbundles.cli import main
+
+sys.exit(main())
