@@ -1,0 +1,1 @@
+"""ctbundles.losses: the papers' training objectives (one module per paper)."""
