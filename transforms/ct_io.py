@@ -44,15 +44,16 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
+from monai.utils import ensure_tuple
 
 from ctbundles.errors import CTInputError
 
@@ -211,6 +212,7 @@ class SeriesInfo:
     description: str
     modality: str
     files: list[Path]
+    headers: list = field(default_factory=list, repr=False)  # pydicom datasets without pixel data
 
     @property
     def n_slices(self) -> int:
@@ -256,6 +258,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[SeriesInfo]:
                 uid, _text(getattr(ds, "SeriesDescription", None)), _text(getattr(ds, "Modality", None)), []
             )
         info.files.append(f)
+        info.headers.append(ds)
     return sorted(groups.values(), key=lambda s: (-s.n_slices, s.uid))
 
 
@@ -345,7 +348,7 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
         ds0 = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         series_uid = str(getattr(ds0, "SeriesInstanceUID", "") or "")
     series = _select_series(folder, series_uid)
-    headers = [(f, pydicom.dcmread(f, stop_before_pixels=True, force=True)) for f in series.files]
+    headers = list(zip(series.files, series.headers))
     warns: list[str] = []
 
     f0, h0 = headers[0]
@@ -523,7 +526,7 @@ def _untilt(image: MetaTensor) -> MetaTensor:
     dst[:3, 3] = src[:3, 3] + rot @ (lo * spacing)
     fill = float(image.min())
     src_img = MetaTensor(torch.as_tensor(np.asarray(image.array) - fill)[None], meta={"affine": torch.as_tensor(src)})
-    res = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=True, dtype=np.float64)(
+    res = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=True, dtype=np.float32)(
         src_img, dst_affine=torch.as_tensor(dst), spatial_size=out_shape
     )
     data = np.asarray(res.array[0], dtype=np.float32) + np.float32(fill)
@@ -756,9 +759,7 @@ class LoadCTd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.label_keys = (label_keys,) if isinstance(label_keys, (str, Hashable)) and not isinstance(
-            label_keys, (list, tuple)
-        ) else tuple(label_keys)
+        self.label_keys = ensure_tuple(label_keys)
         self.loader = LoadCT(series_uid, tilt=tilt, nonuniform=nonuniform)
 
     def __call__(self, data) -> dict:
