@@ -389,58 +389,49 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
         warns.append(f"{folder}: no PixelSpacing tag; 1.0 mm assumed in-plane")
     row_spacing, col_spacing = ps[0], ps[1]  # DICOM: spacing between rows, then between columns
     geo = _slice_geometry(positions, row, col, min(ps))
-
-    # pixel data: (rows, columns) per slice -> (X = column index, Y = row index) as LoadImage gives it
-    slices = []
-    missing_rescale = []
-    for f, _ in headers:
-        ds = pydicom.dcmread(f, force=True)
-        try:
-            arr = ds.pixel_array
-        except Exception as err:  # pydicom raises several types for undecodable pixel data
-            raise CTInputError(f"{f}: cannot decode the pixel data ({err})") from err
-        slope = getattr(ds, "RescaleSlope", None)
-        intercept = getattr(ds, "RescaleIntercept", None)
-        if slope is None or intercept is None:
-            missing_rescale.append(f.name)
-        hu = arr.astype(np.float32) * np.float32(float(slope) if slope is not None else 1.0)
-        hu += np.float32(float(intercept) if intercept is not None else 0.0)
-        slices.append(hu.T)
-    if missing_rescale:
-        warns.append(
-            f"{folder}: {len(missing_rescale)} of {len(headers)} slices have no RescaleSlope/RescaleIntercept "
-            "tags; their stored values are used unchanged as HU (check that they are HU)"
+    median = geo["increment_median_mm"]
+    spacing_problem = tilt_problem = ""
+    if not geo["uniform"]:
+        spacing_problem = (
+            f"non-uniform slice spacing: increments from {geo['increment_min_mm']:.2f} to "
+            f"{geo['increment_max_mm']:.2f} mm (median {median:.2f} mm; irregular gaps: {geo['irregular_gaps']})"
         )
-    data = np.stack(slices, axis=-1)
+        if geo["n_missing_slices"]:
+            spacing_problem += f"; about {geo['n_missing_slices']} slice(s) missing ({geo['missing_gaps']})"
+        if nonuniform == "error":
+            raise CTInputError(f"{folder}: {spacing_problem}; refusing (nonuniform='error')")
+    if geo["tilted"]:
+        tilt_problem = f"gantry tilt of {geo['gantry_tilt_deg']:.1f} degrees (slice origins drift off the slice normal)"
+        if tilt == "error":
+            raise CTInputError(f"{folder}: {tilt_problem}; refusing (tilt='error')")
+        if tilt == "resample" and spacing_problem and nonuniform == "keep":
+            raise CTInputError(
+                f"{folder}: {tilt_problem} and non-uniform spacing kept; cannot correct the tilt of a "
+                "non-uniform stack (use nonuniform='resample')"
+            )
+
+    data = _read_hu_slices([f for f, _ in headers], folder, warns)
 
     a_row = row * col_spacing  # moving along a row = next column index (X)
     a_col = col * row_spacing  # next row index (Y)
-    n = len(headers)
-    median = geo["increment_median_mm"]
-    if n > 1:
+    if len(headers) > 1:
         total = positions[-1] - positions[0]
         step_dir = total / np.linalg.norm(total)
         step = step_dir * (median / abs(float(np.dot(step_dir, normal))))
     else:
         thickness = _nan_if_none(getattr(h0, "SliceThickness", None))
         step = normal * (thickness if not math.isnan(thickness) else 1.0)
-
-    if not geo["uniform"]:
-        where = geo["irregular_gaps"]
-        desc = (
-            f"non-uniform slice spacing: increments from {geo['increment_min_mm']:.2f} to "
-            f"{geo['increment_max_mm']:.2f} mm (median {median:.2f} mm; irregular gaps: {where})"
-        )
-        if geo["n_missing_slices"]:
-            desc += f"; about {geo['n_missing_slices']} slice(s) missing ({geo['missing_gaps']})"
-        if nonuniform == "error":
-            raise CTInputError(f"{folder}: {desc}; refusing (nonuniform='error')")
+    if spacing_problem:
         if nonuniform == "resample":
-            data, n = _resample_uniform(data, positions, step_dir, np.linalg.norm(step))
-            warns.append(f"{folder}: {desc}; resampled by linear interpolation to a uniform {median:.2f} mm increment")
+            data = _resample_uniform(data, positions, step_dir, float(np.linalg.norm(step)))
+            warns.append(
+                f"{folder}: {spacing_problem}; resampled by linear interpolation to a uniform {median:.2f} mm increment"
+            )
             geo["resampled_uniform"] = True
         else:
-            warns.append(f"{folder}: {desc}; kept as acquired, so the affine (at {median:.2f} mm) is wrong there")
+            warns.append(
+                f"{folder}: {spacing_problem}; kept as acquired, so the affine (at {median:.2f} mm) is wrong there"
+            )
 
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = a_row, a_col, step, positions[0]
@@ -460,26 +451,49 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
     )
     image = _make_image(data, affine, meta, warns)
     image.meta["slice_geometry"] = geo
-    if geo["tilted"]:
-        desc = f"gantry tilt of {geo['gantry_tilt_deg']:.1f} degrees (slice origins drift off the slice normal)"
-        if tilt == "error":
-            raise CTInputError(f"{folder}: {desc}; refusing (tilt='error')")
+    if tilt_problem:
         if tilt == "resample":
-            if not geo["uniform"] and nonuniform == "keep":
-                raise CTInputError(
-                    f"{folder}: {desc} and non-uniform spacing kept; cannot correct the tilt of a "
-                    "non-uniform stack (use nonuniform='resample')"
-                )
             image = _untilt(image)
             geo["gantry_tilt_corrected"] = True
             image.meta["slice_geometry"] = geo
             image.meta["ct_warnings"].append(
-                f"{folder}: {desc}; corrected by trilinear resampling onto an untilted grid of "
+                f"{folder}: {tilt_problem}; corrected by trilinear resampling onto an untilted grid of "
                 f"{tuple(image.shape)} voxels"
             )
         else:
-            image.meta["ct_warnings"].append(f"{folder}: {desc}; kept, the affine is sheared")
+            image.meta["ct_warnings"].append(f"{folder}: {tilt_problem}; kept, the affine is sheared")
     return image
+
+
+def _read_hu_slices(files: list[Path], folder: Path, warns: list[str]) -> np.ndarray:
+    """Pixel data of sorted slice files in HU, (X = column index, Y = row index, Z) as LoadImage gives it.
+
+    RescaleSlope/RescaleIntercept are applied per slice; slices without them keep their stored
+    values and a warning says how many.
+    """
+    import pydicom
+
+    slices = []
+    missing_rescale = 0
+    for f in files:
+        ds = pydicom.dcmread(f, force=True)
+        try:
+            arr = ds.pixel_array
+        except Exception as err:  # pydicom raises several types for undecodable pixel data
+            raise CTInputError(f"{f}: cannot decode the pixel data ({err})") from err
+        slope = getattr(ds, "RescaleSlope", None)
+        intercept = getattr(ds, "RescaleIntercept", None)
+        if slope is None or intercept is None:
+            missing_rescale += 1
+        hu = arr.astype(np.float32) * np.float32(float(slope) if slope is not None else 1.0)
+        hu += np.float32(float(intercept) if intercept is not None else 0.0)
+        slices.append(hu.T)
+    if missing_rescale:
+        warns.append(
+            f"{folder}: {missing_rescale} of {len(files)} slices have no RescaleSlope/RescaleIntercept "
+            "tags; their stored values are used unchanged as HU (check that they are HU)"
+        )
+    return np.stack(slices, axis=-1)
 
 
 def _resample_uniform(data: np.ndarray, positions: np.ndarray, step_dir: np.ndarray, step_len: float):
@@ -492,7 +506,7 @@ def _resample_uniform(data: np.ndarray, positions: np.ndarray, step_dir: np.ndar
         j = int(np.clip(np.searchsorted(t, tk, side="right") - 1, 0, len(t) - 2))
         w = float(np.clip((tk - t[j]) / (t[j + 1] - t[j]), 0.0, 1.0))
         out[..., k] = (1.0 - w) * data[..., j] + w * data[..., j + 1]
-    return out, n_out
+    return out
 
 
 def _untilt(image: MetaTensor) -> MetaTensor:

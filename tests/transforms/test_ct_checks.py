@@ -109,6 +109,14 @@ def test_not_hu_flagged(variant):
     assert f"{data.min():.0f}" in found[0].message or f"{data.min():.3g}" in found[0].message
 
 
+@pytest.mark.parametrize("modality,flagged", [("MR", True), ("CT", False), ("", False)])
+def test_modality_other_than_ct_flagged(modality, flagged):
+    found = [f for f in check_ct(_image(_body(shape=(30, 30, 20)), modality=modality)) if f.code == "not_hu"]
+    assert bool(found) == flagged
+    if flagged:
+        assert "Modality is MR" in found[0].message
+
+
 def test_ct_in_hu_not_flagged():
     image = _image(_body(shape=(30, 30, 20)))
     assert check_ct(image) == []
