@@ -138,7 +138,7 @@ def ct_format(path: str | os.PathLike) -> str:
         return "dicom"
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
-    if name.endswith(METAIMAGE_SUFFIXES):
+    if name.endswith(METAIMAGE_SUFFIXES) or (name.endswith((".raw", ".zraw")) and _metaimage_header(p)):
         return "metaimage"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
@@ -149,6 +149,12 @@ def ct_format(path: str | os.PathLike) -> str:
     raise CTInputError(
         f"{path}: unsupported CT format (expected a DICOM series folder, .dcm, .nii, .nii.gz, .mhd or .mha)"
     )
+
+
+def _metaimage_header(path: Path) -> Path | None:
+    """The ``.mhd`` header beside a MetaImage ``.raw``/``.zraw`` data file, if there is one."""
+    header = path.with_suffix(".mhd")
+    return header if header.is_file() else None
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -569,6 +575,8 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
+    if path.name.lower().endswith((".raw", ".zraw")):
+        path = _metaimage_header(path) or path
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -639,7 +647,8 @@ def load_ct(
     """Load a CT in HU as a (X, Y, Z) float32 ``MetaTensor`` with its true RAS affine.
 
     Args:
-        path: a DICOM series folder (or one ``.dcm`` of it), a ``.nii``/``.nii.gz`` or ``.mhd``/``.mha``.
+        path: a DICOM series folder (or one ``.dcm`` of it), a ``.nii``/``.nii.gz``, or a MetaImage
+            ``.mhd``/``.mha`` (or the ``.raw`` beside its ``.mhd``).
         series_uid: the SeriesInstanceUID to load when the DICOM folder holds several series.
         tilt: what to do with gantry tilt: ``"resample"`` (default) onto an untilted grid with a
             warning, ``"error"`` to refuse, ``"keep"`` to keep the sheared grid (warning).

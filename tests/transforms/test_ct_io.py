@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImage
+from monai.data import DataLoader, Dataset, MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, SpatialResample
 from tests_support.dicom_series import write_dicom_series
 
 from ctbundles.errors import CTInputError
@@ -108,6 +108,24 @@ def test_head_ct_tilt_and_uneven_spacing_detected(head_raw):
     assert geo["n_missing_slices"] == 0  # 7 mm after 4 mm is a second protocol zone, not a lost slice
     codes = {f.code for f in check_ct(head_raw)}
     assert {"gantry_tilt", "nonuniform_spacing", "thick_slices"} <= codes
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("tilt", ["resample", "keep"])
+def test_head_ct_geometry_matches_dcm2niix_tilt_corrected_nifti(shared_data, tilt):
+    """Resampled onto the grid of dcm2niix's tilt-corrected NIfTI, our volume (corrected, or kept
+    sheared with its true affine) lands on the same anatomy."""
+    ours = load_ct(shared_data / "head_ct" / "dicom", tilt=tilt)
+    ref = load_ct(shared_data / "head_ct" / "head_ct_noncontrast_ge_tiltcorrected_0.98x0.98x2.62.nii.gz")
+    src = MetaTensor(ours.as_tensor()[None] + 1500.0, meta={"affine": ours.affine})
+    moved = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=True, dtype=np.float32)(
+        src, dst_affine=ref.affine, spatial_size=ref.shape
+    )
+    ours_on_ref, theirs = moved.numpy()[0] - 1500.0, ref.numpy()
+    inside = (ours_on_ref > -1400) & (theirs > -1400)  # both inside the scanned field (-1500 outside)
+    assert inside.mean() > 0.8
+    assert np.corrcoef(ours_on_ref[inside], theirs[inside])[0, 1] > 0.98
+    assert np.median(np.abs(ours_on_ref[inside] - theirs[inside])) < 10.0
 
 
 @pytest.mark.shared_data
@@ -250,6 +268,7 @@ def test_metaimage_round_trip_matches_nifti(tmp_path):
     np.testing.assert_allclose(np.asarray(image.affine), expected, atol=1e-9)
     np.testing.assert_allclose(image.meta["spacing"], [0.6, 0.8, 2.5])
     assert image.meta["format"] == "metaimage"
+    np.testing.assert_array_equal(load_ct(tmp_path / "ct.raw").numpy(), hu)  # the data file names its header
     # the same voxels and affine written as NIfTI come back identical (MONAI NibabelReader)
     nib.save(nib.Nifti1Image(hu.astype(np.int16), expected), str(tmp_path / "ct.nii.gz"))
     nifti = load_ct(tmp_path / "ct.nii.gz")
