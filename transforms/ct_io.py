@@ -739,8 +739,9 @@ def assert_same_grid(image, label, atol: float = 1e-3) -> None:
 class LoadCT(Transform):
     """Array transform: a path (str / PathLike) -> HU ``MetaTensor`` via :func:`load_ct`.
 
-    Usable as the first transform of a MONAI ``Compose``. A tensor or array already loaded is passed
-    through unchanged (a MetaTensor) or wrapped (an array, identity affine, with a warning).
+    Usable as the first transform of a MONAI ``Compose``. A list of DICOM files of one folder loads
+    the series of the first file. A tensor or array already loaded is passed through unchanged (a
+    MetaTensor) or wrapped (an array, identity affine, with a warning).
     """
 
     def __init__(self, series_uid: str | None = None, tilt: str = "resample", nonuniform: str = "resample") -> None:
@@ -759,6 +760,8 @@ class LoadCT(Transform):
             return image
         if isinstance(path, (list, tuple)) and len(path) == 1:
             path = path[0]
+        elif isinstance(path, (list, tuple)) and path and len({Path(p).parent for p in path}) == 1:
+            path = path[0]  # the files of one DICOM series (as MONAI Label may pass them): load its series
         if not isinstance(path, (str, os.PathLike)):
             raise CTInputError(f"LoadCT expects a file or folder path, got {type(path).__name__}")
         return load_ct(path, self.series_uid, tilt=self.tilt, nonuniform=self.nonuniform)

@@ -218,6 +218,8 @@ def test_single_file_loads_its_series(tmp_path):
     image = load_ct(tmp_path / "a_000.dcm")
     assert image.meta["series_instance_uid"] == uid
     np.testing.assert_array_equal(image.numpy(), np.round(hu))
+    files = sorted(str(p) for p in tmp_path.glob("a_*.dcm"))
+    np.testing.assert_array_equal(LoadCT()(files).numpy(), image.numpy())  # a file list, as MONAI Label may pass
 
 
 @pytest.mark.parametrize("tilt_deg", [12.0, 20.0])
