@@ -69,6 +69,7 @@ __all__ = [
     "orientation_codes",
     "slice_increment_from_affine",
     "spacing_from_affine",
+    "tilt_from_affine",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -276,25 +277,36 @@ def _select_series(folder: Path, series_uid: str | None) -> SeriesInfo:
     return series[0]
 
 
+def _empty_geometry(n_slices: int, increment: float = float("nan"), tilt_deg: float = 0.0) -> dict[str, Any]:
+    """The ``slice_geometry`` record with every key (same keys for every format, so metas collate)."""
+    return {
+        "n_slices": int(n_slices),
+        "increment_median_mm": float(increment),
+        "increment_min_mm": float(increment),
+        "increment_max_mm": float(increment),
+        "n_irregular_gaps": 0,
+        "n_missing_slices": 0,
+        "missing_gaps": "",
+        "irregular_gaps": "",
+        "gantry_tilt_deg": float(tilt_deg),
+        "gantry_tilt_tag_deg": float("nan"),
+        "tilted": False,
+        "uniform": True,
+        "resampled_uniform": False,
+        "gantry_tilt_corrected": False,
+        "from_slice_positions": False,
+    }
+
+
 def _slice_geometry(positions_lps: np.ndarray, row: np.ndarray, col: np.ndarray, pixel: float) -> dict:
     """Slice-stacking analysis of sorted slice origins (LPS, mm): increments, gaps, tilt."""
     normal = np.cross(row, col)
     along = positions_lps @ normal
     increments = np.diff(along)
     n = len(positions_lps)
-    geo: dict[str, Any] = {"n_slices": n}
+    geo = _empty_geometry(n)
+    geo["from_slice_positions"] = True
     if n < 2:
-        geo.update(
-            increment_median_mm=float("nan"),
-            increment_min_mm=float("nan"),
-            increment_max_mm=float("nan"),
-            n_irregular_gaps=0,
-            n_missing_slices=0,
-            irregular_gaps="",
-            gantry_tilt_deg=0.0,
-            tilted=False,
-            uniform=True,
-        )
         return geo
     median = float(np.median(increments))
     tol = max(SPACING_TOL_MM, SPACING_TOL_FRACTION * median)
@@ -426,7 +438,6 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
             geo["resampled_uniform"] = True
         else:
             warns.append(f"{folder}: {desc}; kept as acquired, so the affine (at {median:.2f} mm) is wrong there")
-    geo.setdefault("resampled_uniform", False)
 
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = a_row, a_col, step, positions[0]
@@ -434,7 +445,6 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
 
     tag_tilt = _nan_if_none(getattr(h0, "GantryDetectorTilt", None))
     geo["gantry_tilt_tag_deg"] = tag_tilt
-    geo["gantry_tilt_corrected"] = False
     meta = _base_meta(path, "dicom")
     meta.update(
         kvp=_nan_if_none(getattr(h0, "KVP", None)),
@@ -444,7 +454,6 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
         series_instance_uid=series.uid,
         series_description=series.description,
         modality=series.modality,
-        n_series_in_folder=len(list_dicom_series(folder)) if path.is_dir() else 1,
     )
     image = _make_image(data, affine, meta, warns)
     image.meta["slice_geometry"] = geo
@@ -625,8 +634,8 @@ def load_ct(
         A MetaTensor whose meta holds ``affine``, ``spacing`` (third = slice increment),
         ``slice_increment_mm``, ``slice_thickness_mm``, ``kvp``, ``convolution_kernel``,
         ``manufacturer``, ``series_instance_uid``, ``filename_or_obj``, ``format``, ``ct_warnings``
-        and, for DICOM, ``slice_geometry`` (the acquired slice positions analysed: increments,
-        irregular gaps, missing slices, gantry tilt).
+        and ``slice_geometry`` (for DICOM the acquired slice positions analysed: increments,
+        irregular gaps, missing slices, gantry tilt; for NIfTI/MetaImage what the affine tells).
 
     Raises:
         CTInputError: unreadable or unsupported input, several DICOM series and no ``series_uid``,
@@ -649,12 +658,17 @@ def load_ct(
     warns: list[str] = []
     image = _make_image(data, affine, _base_meta(path, fmt), warns)
     angle = tilt_from_affine(affine)
+    image.meta["slice_geometry"] = _empty_geometry(data.shape[2], image.meta["slice_increment_mm"], angle)
+    image.meta["slice_geometry"]["tilted"] = bool(angle > 0.1)
     if angle > 0.1:
         desc = f"sheared affine: the slices are stacked {angle:.1f} degrees off their normal (gantry tilt)"
         if tilt == "error":
             raise CTInputError(f"{path}: {desc}; refusing (tilt='error')")
         if tilt == "resample":
+            geo = image.meta["slice_geometry"]
             image = _untilt(image)
+            geo["gantry_tilt_corrected"] = True
+            image.meta["slice_geometry"] = geo
             image.meta["ct_warnings"].append(f"{path}: {desc}; corrected by resampling onto an untilted grid")
         else:
             image.meta["ct_warnings"].append(f"{path}: {desc}; kept")
@@ -676,7 +690,9 @@ def load_label(path: str | os.PathLike, like: MetaTensor, series_uid: str | None
         label = _load_dicom(path, series_uid, tilt="keep", nonuniform="keep")
     else:
         data, affine = _load_nifti(path) if fmt == "nifti" else _load_metaimage(path)
-        label = _make_image(_squeeze_to_3d(data, path), affine, _base_meta(path, fmt), [])
+        data = _squeeze_to_3d(data, path)
+        label = _make_image(data, affine, _base_meta(path, fmt), [])
+        label.meta["slice_geometry"] = _empty_geometry(data.shape[2], label.meta["slice_increment_mm"])
     assert_same_grid(like, label)
     return label
 
@@ -712,7 +728,9 @@ class LoadCT(Transform):
         if isinstance(path, (np.ndarray, torch.Tensor)):
             warnings.warn("LoadCT got an array, not a path: identity affine assumed", stacklevel=2)
             data = np.asarray(path, dtype=np.float32)
-            return _make_image(data, np.eye(4), _base_meta(Path("<array>"), "array"), ["array input: identity affine"])
+            image = _make_image(data, np.eye(4), _base_meta(Path("<array>"), "array"), ["array input: identity affine"])
+            image.meta["slice_geometry"] = _empty_geometry(data.shape[-1], 1.0)
+            return image
         if isinstance(path, (list, tuple)) and len(path) == 1:
             path = path[0]
         if not isinstance(path, (str, os.PathLike)):
