@@ -72,9 +72,12 @@ def _load_label(args, image, warnings: list[str]):
     try:
         return load_label(args.label, like=image)
     except CTInputError as err:
-        if not args.force or "not on the grid" not in str(err):
+        if not args.force:
             raise
-        label = load_ct(args.label)
+        try:
+            label = load_ct(args.label)  # the label as stored, on its own grid
+        except CTInputError:
+            raise err from None
         if tuple(label.shape[-3:]) != tuple(image.shape[-3:]):
             raise CTInputError(f"{err} (the shapes differ: no score is possible, even with --force)") from None
         warnings.append(f"forced: {err}; the label was used voxel for voxel")
