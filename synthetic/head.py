@@ -304,8 +304,9 @@ def _small_structures(m: _HeadModel):
     return out
 
 
-def _ica_centreline(side: str, step_mm: float = 0.2):
-    """Densely sampled centre line (N, 3) of one ICA in the head frame, with its arc length."""
+def ica_centreline(side: str, step_mm: float = 0.2):
+    """Centre line of one ICA ("left" or "right") in the head frame: points (N, 3) every
+    ``step_mm`` and their arc-length fractions (0 at the petrous entry, 1 at the terminus)."""
     pts = ICA_CONTROL_POINTS.copy()
     if side == "left":
         pts[:, 0] *= -1.0
@@ -402,7 +403,7 @@ def _paint_vessels(mat, affine, pose: _Pose, m: _HeadModel):
     (centre line, arc fraction) and the per-side ICA region box."""
     lines = {}
     for side in ("right", "left"):
-        line, frac = _ica_centreline(side)
+        line, frac = ica_centreline(side)
         lines[side] = (line, frac)
         reach = _lumen_radius(0.0, m) + m.wall_mm + 1.0
         lo, hi = _index_bbox(affine, pose, line.min(axis=0) - reach, line.max(axis=0) + reach, mat.shape)
@@ -416,7 +417,6 @@ def _paint_vessels(mat, affine, pose: _Pose, m: _HeadModel):
         r[near] = _lumen_radius(frac[idx[near]], m)
         dist = np.where(near, dist, np.inf)
         block = mat[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].reshape(-1)
-        # scale the physical distances: the head frame is scaled by pose.scale
         canal = dist <= (r + m.wall_mm + 0.6)
         is_bone = np.isin(block, BONE_MATERIALS)
         block[canal & is_bone] = SOFT
@@ -517,10 +517,10 @@ def _icac_truth(image, label, spacing):
 
 
 def _render(shape, spacing, pose: _Pose, m: _HeadModel, calcs, blur_sigma_mm, noise_sd, rng,
-            integer_hu=True):
+            integer_hu=True, grid_centre_mm=GRID_CENTRE_MM):
     """Rasterize the model: returns image, label, material map, per-calcification records."""
     shape = tuple(int(s) for s in shape)
-    affine = _grid_affine(shape, spacing)
+    affine = _grid_affine(shape, spacing, grid_centre_mm)
     mat = _rasterize_materials(shape, affine, pose, m)
     lines = _paint_vessels(mat, affine, pose, m)
     lut = _hu_table(m)
@@ -539,7 +539,8 @@ def _render(shape, spacing, pose: _Pose, m: _HeadModel, calcs, blur_sigma_mm, no
     margin = np.ceil(3.0 * sigma / spacing_arr).astype(int) + np.ceil(1.0 / spacing_arr).astype(int) + 2
     for calc, (sl, occ) in zip(calcs, occupancies):
         value = HEAD_LABELS["ICA_left" if calc.side == "left" else "ICA_right"]
-        record = {**calc.__dict__, "voxels_occupied": 0, "volume_mm3_nominal": 0.0, "near_bone": False,
+        centre, _, _ = _calc_geometry(calc, lines, m)
+        record = {**calc.__dict__, "centre_mm": pose.world_from_head(centre).tolist(), "voxels_occupied": 0, "volume_mm3_nominal": 0.0, "near_bone": False,
                   "bone_distance_mm": None}
         if occ.size and occ.max() > 0:
             # a block around the plaque, large enough for the blur and the 1 mm bone search
@@ -588,6 +589,7 @@ def generate_head(
     blur_sigma_mm=(0.35, 0.35, 0.4),
     vary_anatomy: bool = True,
     compute_truth: bool = True,
+    grid_centre_mm=GRID_CENTRE_MM,
 ) -> SyntheticCase:
     """One synthetic non-contrast head CT with ICAC ground truth (see the module docstring).
 
@@ -604,6 +606,8 @@ def generate_head(
         blur_sigma_mm: Gaussian point-spread function sigma per axis in mm (None or 0 disables).
         vary_anatomy: draw skull thickness, bone densities, lumen size, ... from the seed.
         compute_truth: compute ``truth`` with the scoring code.
+        grid_centre_mm: world position of the grid centre (default: the whole head; tests put
+            a small fine grid on one carotid).
     """
     rng = np.random.default_rng(seed)
     model = _random_model(rng) if vary_anatomy else _HeadModel()
@@ -614,7 +618,7 @@ def generate_head(
         calcs = [_as_calcification(c) for c in calcifications]
     noise_rng = np.random.default_rng([seed, 1])
     image, label, _, affine, records, _ = _render(shape, spacing, head_pose, model, calcs, blur_sigma_mm,
-                                                  noise_sd, noise_rng)
+                                                  noise_sd, noise_rng, grid_centre_mm=grid_centre_mm)
     spacing_arr = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     case = SyntheticCase(
         kind="head",
