@@ -107,3 +107,13 @@ def test_two_slabs_of_one_patient_are_contiguous():
 def test_seeded_cohort_has_single_and_double_slab_patients():
     counts = [generate_ctp(s, **SMALL, noise=False, lesion=False).meta["n_slabs"] for s in range(12)]
     assert set(counts) == {1, 2}
+
+
+def test_slab_overrides_that_do_not_fit_the_brain():
+    two_slab_seed = next(s for s in range(20) if generate_ctp(s, **SMALL, lesion=False).meta["n_slabs"] == 2)
+    case = generate_ctp(two_slab_seed, **SMALL, n_slices=22)  # 2 x 22 x 5 mm would exceed the brain
+    assert case.meta["n_slabs"] == 1 and case.image.shape[2] == 22
+    with pytest.raises(ValueError, match="110 mm"):
+        generate_ctp(two_slab_seed, **SMALL, n_slices=22, n_slabs=2)
+    with pytest.raises(ValueError, match="1-22 slices"):
+        generate_ctp(0, **SMALL, n_slices=23)
