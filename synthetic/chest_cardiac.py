@@ -531,7 +531,7 @@ def generate_coronary_ct(
         "hard_negatives": [_jsonable(n) for n in negatives],
         "label_min_occupancy": LABEL_MIN_OCCUPANCY,
     }
-    truth = score_truth(image, label, spacing, float(spacing[2])) if score else {}
+    truth = score_truth(image, label, spacing, float(spacing[2]), affine=grid.affine) if score else {}
     truth["generator"] = generator_truth
     return SyntheticCase(
         kind=kind,
@@ -546,20 +546,20 @@ def generate_coronary_ct(
     )
 
 
-def score_truth(image, label, spacing, slice_increment_mm) -> dict:
+def score_truth(image, label, spacing, slice_increment_mm, affine=None) -> dict:
     """Ground-truth calcium scores of a case by the project's scoring code (REFERENCES.md section 1 defaults).
 
     Raises ImportError naming the missing module when ``ctbundles.transforms.calcium_scoring`` is absent.
     """
     try:
         from ctbundles.transforms.calcium_scoring import CalciumScoreParams, score_calcium
-    except ImportError as err:  # pragma: no cover - depends on the installed package
+    except ImportError as err:  # pragma: no cover - the scoring module ships with the package
         raise ImportError(
             "ground-truth scores need ctbundles.transforms.calcium_scoring (score_calcium); "
             f"it could not be imported: {err}. Pass score=False to generate without scores."
         ) from err
     params = CalciumScoreParams(artery_labels=dict(CORONARY_LABELS))
-    return _jsonable(score_calcium(image, label, tuple(float(s) for s in spacing), slice_increment_mm=slice_increment_mm, params=params))
+    return _jsonable(score_calcium(image, label, tuple(float(s) for s in spacing), slice_increment_mm=slice_increment_mm, params=params, affine=affine))
 
 
 def _jsonable(obj):
