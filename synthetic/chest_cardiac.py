@@ -530,6 +530,18 @@ def generate_coronary_ct(
         "plaques": [_jsonable(s) for s in specs],
         "hard_negatives": [_jsonable(n) for n in negatives],
         "label_min_occupancy": LABEL_MIN_OCCUPANCY,
+        "landmarks_lps_mm": {
+            "heart_center": an["heart_c"],
+            "blood_pool_center": hc + hr @ np.array([0.08 * ha[0], 0, 0]),
+            "aortic_root": aorta_info["root"],
+            "descending_aorta_xy": aorta_info["desc_xy"],
+            "spine_xy": [0.0, float(sy)],
+            "vertebra_centers_z": vertebrae,
+            "vertebra_half_height_mm": half_h,
+            "sternum_xy": [0.0, float(an["sternum_y"])],
+            "lung_centers": [[-0.47 * bx, 0.05 * by, lz], [0.5 * bx, 0.1 * by, lz]],
+        },
+        "tissue_hu": an["hu"],
     }
     truth = score_truth(image, label, spacing, float(spacing[2]), affine=grid.affine) if score else {}
     truth["generator"] = generator_truth
