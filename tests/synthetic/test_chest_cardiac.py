@@ -224,17 +224,24 @@ def test_single_box_plaque_matches_analytic_agatston_and_volume(kind, spacing, s
 
 
 def test_ellipsoid_plaque_volume_matches_analytic():
-    """A large noise-free, blur-free ellipsoid plaque: labelled volume ~ 4/3 pi abc (partial volume)."""
-    spacing = (0.4, 0.4, 0.5)
+    """A noise-free, blur-free ellipsoid plaque: its partial-volume content equals 4/3 pi abc.
+
+    The same seed without the plaque gives the background b; each voxel's plaque fraction is
+    (HU - b) / (1000 - b), and their sum times the voxel volume is the plaque's volume.
+    """
+    spacing = (0.5, 0.5, 0.5)
     d = (8.0, 5.0, 4.0)
     plaque = {"artery": "RCA", "position": 0.25, "shape": "ellipsoid", "size_mm": list(d), "hu": 1000.0}
-    case = generate_cardiac(4, shape=(320, 320, 200), spacing=spacing, plaques=[plaque], noise_std=0, psf=False, hard_negatives=False)
-    # in a blur-free image every plaque voxel is a mix of plaque (1000 HU) and surroundings (<= 45 HU)
+    opts = dict(shape=(256, 256, 160), spacing=spacing, noise_std=0, psf=False, hard_negatives=False)
+    case = generate_cardiac(4, plaques=[plaque], **opts)
+    empty = generate_cardiac(4, plaques=[], **opts)
     analytic = 4 / 3 * math.pi * np.prod(np.array(d) / 2)
     voxel = np.prod(spacing)
+    fraction = (case.image - empty.image) / (1000.0 - empty.image)
+    assert fraction.sum() * voxel == pytest.approx(analytic, rel=0.02)
     lab = case.label == CORONARY_LABELS["RCA"]
-    # the label is the plaque's partial-volume support: at least the analytic volume
-    assert lab.sum() * voxel >= analytic
-    # the scored volume (voxels >= 130 HU: at least ~10 % plaque) is close to the analytic volume
-    assert case.truth["volume_mm3"] == pytest.approx(analytic, rel=0.25)
+    assert fraction[~lab].sum() == pytest.approx(0.0, abs=1e-6)  # the label holds the whole plaque
+    # scored volume: voxels >= 130 HU, i.e. at least ~10 % plaque, so a little above the analytic volume
+    assert analytic <= case.truth["volume_mm3"] <= 1.3 * analytic
     assert case.truth["per_artery"]["RCA"]["volume_mm3"] == pytest.approx(case.truth["volume_mm3"])
+    assert empty.truth["agatston"] == 0.0 and not empty.label.any()
