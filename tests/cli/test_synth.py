@@ -78,3 +78,19 @@ def test_help_lists_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--out", "--cases", "--seed", "--layout", "--shape", "--small"):
         assert opt in text
+
+
+@pytest.mark.parametrize("kind,layout", [("head", "nifti"), ("ctp", "nifti"), ("ctp", "isles2018")])
+def test_head_and_ctp_cohorts(tmp_path, kind, layout):
+    pytest.importorskip(f"ctbundles.synthetic.{kind}", reason=f"the {kind} generator comes from branch synth_head")
+    if layout == "isles2018":
+        pytest.importorskip("ctbundles.datasets.isles2018", reason="the ISLES 2018 layout comes from branch synth_head")
+    out = tmp_path / kind
+    assert _run([kind, "--out", str(out), "--cases", "2", "--seed", "2", "--small", "--layout", layout, "--quiet"]) == 0
+    dl = json.loads((out / "datalist.json").read_text())
+    rows = _rows(out / "truth.csv")
+    assert dl["excluded"] == [] and len(dl["training"]) == len(rows) >= 2
+    key = "total_mm3" if kind == "head" else "lesion_volume_ml"
+    assert all(float(r[key]) >= 0 for r in rows)
+    if layout == "isles2018":
+        assert (out / "TRAINING" / "case_1").is_dir()
