@@ -568,13 +568,16 @@ def _render(shape, spacing, pose: _Pose, m: _HeadModel, calcs, blur_sigma_mm, no
                 record["bone_distance_mm"] = float(dist[plaque].min())
                 record["near_bone"] = record["bone_distance_mm"] <= 1.0 + 1e-6
         records.append(record)
-    image = blurred
+    image = blurred if blurred is not hu else hu.copy()
     if noise_sd and noise_sd > 0:
-        image = image + rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_sd)
-    image = np.maximum(image, -1024.0)
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        noise *= np.float32(noise_sd)
+        image += noise
+        del noise
+    np.maximum(image, np.float32(-1024.0), out=image)
     if integer_hu:
-        image = np.rint(image)
-    return image.astype(np.float32), label, mat, affine, records, lines
+        np.rint(image, out=image)
+    return image, label, mat, affine, records, lines
 
 
 def generate_head(
