@@ -105,7 +105,7 @@ def _anatomy(rng: np.random.Generator) -> dict:
             "myocardium": rng.uniform(42, 52),
             "blood": rng.uniform(36, 44),
             "cortex": rng.uniform(600, 800),
-            "cancellous": rng.uniform(180, 280),
+            "cancellous": rng.uniform(130, 220),
             "disc": rng.uniform(70, 95),
             "cartilage": rng.uniform(90, 115),
             "csf": rng.uniform(15, 30),
@@ -430,15 +430,16 @@ def generate_coronary_ct(
     # spine
     sy = an["spine_y"]
     vertebrae = _vertebra_levels(an, z_min, z_max)
-    arch = ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (14.0, 12.0))
-    ops.paint(img, arch, hu["cortex"] * 0.8)
-    ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (8.0, 7.0)), hu["csf"])
     half_h = an["vertebra_period"] / 2 - 2.5
+    mixed_bone = 0.5 * (hu["cortex"] + hu["cancellous"])  # thin cortex around marrow, at CT resolution
     ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (20.0, 17.0)), hu["disc"])
     for zv in vertebrae:
         ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (20.0, 17.0), zv - half_h, zv + half_h), hu["cortex"])
         ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (18.5, 15.5), zv - half_h + 1.5, zv + half_h - 1.5), hu["cancellous"])
-        ops.paint(img, ops.ellipsoid_occupancy(grid, (0, sy + 48.0, zv - 4.0), (4.0, 12.0, 8.0)), hu["cortex"] * 0.8)
+        # posterior arch (pedicles, laminae) and spinous process, one per vertebra
+        ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (14.0, 12.0), zv - half_h + 3.0, zv + half_h - 3.0), mixed_bone)
+        ops.paint(img, ops.ellipsoid_occupancy(grid, (0, sy + 48.0, zv - 4.0), (4.0, 12.0, 8.0)), mixed_bone)
+    ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (8.0, 7.0)), hu["csf"])
     # ribs and costal cartilage
     ribs = []
     for zv in vertebrae:
