@@ -14,7 +14,7 @@ from ctbundles.cli import main
 from ctbundles.commands.synth import case_seed
 
 
-def _run(args, capsys=None):
+def _run(args):
     return main(["synth", *args])
 
 
