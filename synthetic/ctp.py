@@ -67,18 +67,26 @@ _SUBSLICES = 5
 
 
 def _slab_plan(rng: np.random.Generator, n_slabs=None, n_slices=None, slice_mm=None):
-    """Slab count, slices per slab, slice thickness and the z of the lowest slice edge."""
-    if n_slabs is None:
-        n_slabs = 2 if rng.random() < 0.35 else 1
-    if n_slices is None:
-        n_slices = int(rng.integers(2, 13)) if n_slabs == 2 else int(rng.integers(2, 23))
+    """Slab count, slices per slab, slice thickness and the z of the lowest slice edge.
+
+    The draws are made in a fixed order whatever is overridden, so an override changes only
+    what it names. A seeded second slab that would not fit in the brain (110 mm) with the
+    requested slices is dropped; an explicit combination that does not fit is an error."""
+    two = rng.random() < 0.35
+    drawn_slices = int(rng.integers(2, 13)) if two else int(rng.integers(2, 23))
+    thick = rng.random() < 0.3
+    slabs = int(n_slabs) if n_slabs is not None else (2 if two else 1)
+    slices = int(n_slices) if n_slices is not None else drawn_slices
     if slice_mm is None:
-        slice_mm = 10.0 if (n_slices * n_slabs <= 8 and rng.random() < 0.3) else 5.0
-    coverage = n_slabs * n_slices * slice_mm
-    if coverage > 110.0:
-        raise ValueError(f"{n_slabs} slab(s) of {n_slices} x {slice_mm} mm slices do not fit in the brain (110 mm)")
+        slice_mm = 10.0 if (slices * slabs <= 8 and thick) else 5.0
+    if n_slabs is None and slabs * slices * slice_mm > 110.0:
+        slabs = 1
+    coverage = slabs * slices * slice_mm
+    if slabs not in (1, 2) or not 1 <= slices <= 22 or coverage > 110.0:
+        raise ValueError(f"{slabs} slab(s) of {slices} x {slice_mm} mm slices: need 1 or 2 slabs of 1-22 slices "
+                         f"covering at most 110 mm of brain")
     z_low = float(rng.uniform(-40.0, max(-40.0, 60.0 - coverage)))
-    return int(n_slabs), int(n_slices), float(slice_mm), z_low
+    return slabs, slices, float(slice_mm), z_low
 
 
 def _tissue(px, py, pz, skull_mm):

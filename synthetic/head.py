@@ -13,8 +13,9 @@ touching the canal or sphenoid bone (the hard cases an ICAC method must not conf
 
 Coordinates. The model lives in a head frame (mm; x to the patient's right, y anterior, z
 superior, origin near the brain centre). A random rigid pose (rotation and translation, per
-seed; ``pose=False`` disables it) and an isotropic head size factor map the head frame to the
-scanner's RAS world frame, so a registration step has real work to do. Images follow the
+seed; ``pose=False`` disables it) maps the head frame to the scanner's RAS world frame, so a
+registration step has real work to do; anatomy (skull thickness, bone densities, lumen size,
+grey/white contrast) varies per seed. Images follow the
 project convention: spatial (X, Y, Z), axis 2 axial, HU float32 (integer-valued, like a
 reconstructed CT), ``affine`` 4x4 RAS.
 
@@ -332,9 +333,10 @@ def _lumen_radius(frac, m: _HeadModel):
 
 
 class _Pose:
-    """World (RAS mm) <-> head frame: world = R @ (scale * head) + t."""
+    """World (RAS mm) <-> head frame: world = R @ (scale * head) + t (the generators use a rigid
+    pose, scale 1)."""
 
-    def __init__(self, rotation: np.ndarray, translation: np.ndarray, scale: float):
+    def __init__(self, rotation: np.ndarray, translation: np.ndarray, scale: float = 1.0):
         self.R = np.asarray(rotation, float)
         self.t = np.asarray(translation, float)
         self.scale = float(scale)
@@ -399,8 +401,8 @@ def _rasterize_materials(shape, affine, pose: _Pose, m: _HeadModel, slab: int = 
 
 
 def _paint_vessels(mat, affine, pose: _Pose, m: _HeadModel):
-    """Carve the carotid canals and paint wall and lumen of both ICAs; returns per-side
-    (centre line, arc fraction) and the per-side ICA region box."""
+    """Carve the carotid canals out of bone and paint wall and lumen of both ICAs (in place);
+    returns side -> (centre line, arc fractions)."""
     lines = {}
     for side in ("right", "left"):
         line, frac = ica_centreline(side)
@@ -540,8 +542,8 @@ def _render(shape, spacing, pose: _Pose, m: _HeadModel, calcs, blur_sigma_mm, no
     for calc, (sl, occ) in zip(calcs, occupancies):
         value = HEAD_LABELS["ICA_left" if calc.side == "left" else "ICA_right"]
         centre, _, _ = _calc_geometry(calc, lines, m)
-        record = {**calc.__dict__, "centre_mm": pose.world_from_head(centre).tolist(), "voxels_occupied": 0, "volume_mm3_nominal": 0.0, "near_bone": False,
-                  "bone_distance_mm": None}
+        record = {**calc.__dict__, "centre_mm": pose.world_from_head(centre).tolist(), "voxels_occupied": 0,
+                  "volume_mm3_nominal": 0.0, "near_bone": False, "bone_distance_mm": None}
         if occ.size and occ.max() > 0:
             # a block around the plaque, large enough for the blur and the 1 mm bone search
             lo = [max(s.start - g, 0) for s, g in zip(sl, margin)]
@@ -566,13 +568,16 @@ def _render(shape, spacing, pose: _Pose, m: _HeadModel, calcs, blur_sigma_mm, no
                 record["bone_distance_mm"] = float(dist[plaque].min())
                 record["near_bone"] = record["bone_distance_mm"] <= 1.0 + 1e-6
         records.append(record)
-    image = blurred
+    image = blurred if blurred is not hu else hu.copy()
     if noise_sd and noise_sd > 0:
-        image = image + rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_sd)
-    image = np.maximum(image, -1024.0)
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        noise *= np.float32(noise_sd)
+        image += noise
+        del noise
+    np.maximum(image, np.float32(-1024.0), out=image)
     if integer_hu:
-        image = np.rint(image)
-    return image.astype(np.float32), label, mat, affine, records, lines
+        np.rint(image, out=image)
+    return image, label, mat, affine, records, lines
 
 
 def generate_head(
