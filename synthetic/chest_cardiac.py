@@ -321,26 +321,21 @@ def _hard_negatives(rng, an, aorta_info, aorta_pts, aorta_rad, ribs, vertebrae, 
 
 # ----------------------------------------------------------------------------------------- public
 def _protocol_grid(kind, rng, an, shape, spacing, small):
+    """The case's grid: protocol values drawn from ``rng`` (always, so that overrides do not shift
+    the random stream: the same seed keeps its anatomy and plaques), then the overrides applied."""
     proto = PROTOCOLS[kind]
+    px = round(float(rng.uniform(*proto["pixel_mm"])), 3)
+    dz = float(proto["slice_mm"][int(rng.integers(len(proto["slice_mm"])))])
+    coverage = float(rng.uniform(*proto["z_coverage_mm"]))
+    jitter = rng.normal(0, 3.0, 3)
     if small and shape is None and spacing is None:
         shape, spacing = proto["small"]["shape"], proto["small"]["spacing"]
-    if spacing is None:
-        px = rng.uniform(*proto["pixel_mm"]) if proto["pixel_mm"][0] != proto["pixel_mm"][1] else proto["pixel_mm"][0]
-        px = round(float(px), 3)
-        dz = float(proto["slice_mm"][int(rng.integers(len(proto["slice_mm"])))])
-        spacing = (px, px, dz)
-    else:
-        rng.random(2)  # keep the draw count independent of the override
-    spacing = tuple(float(s) for s in spacing)
+    spacing = (px, px, dz) if spacing is None else tuple(float(v) for v in spacing)
     if shape is None:
-        cov = rng.uniform(*proto["z_coverage_mm"])
-        shape = (proto["in_plane"], proto["in_plane"], int(round(cov / spacing[2])))
-    else:
-        rng.random()
+        shape = (proto["in_plane"], proto["in_plane"], int(round(coverage / spacing[2])))
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
         raise ValueError(f"shape and spacing must be 3 positive values, got {shape} and {spacing}")
-    jitter = rng.normal(0, 3.0, 3)
     if proto["center"] == "heart":
         center = an["heart_c"] + np.array([0.0, 0.0, 8.0]) + jitter
     else:
@@ -545,7 +540,7 @@ def generate_coronary_ct(
         "tissue_hu": an["hu"],
     }
     truth = score_truth(image, label, spacing, float(spacing[2]), affine=grid.affine) if score else {}
-    truth["generator"] = generator_truth
+    truth["generator"] = _jsonable(generator_truth)
     return SyntheticCase(
         kind=kind,
         case_id=case_id or f"{kind}_{int(seed)}",

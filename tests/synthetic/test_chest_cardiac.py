@@ -48,6 +48,18 @@ def test_same_seed_same_case_different_seed_different(kind):
     assert not np.array_equal(a.image, c.image)
 
 
+@pytest.mark.parametrize("kind", ["cardiac", "chest"])
+def test_grid_overrides_keep_the_patient(kind):
+    """Overriding shape/spacing changes the grid, not the seeded anatomy (same random stream)."""
+    a = GEN[kind](6, small=True, score=False)
+    b = GEN[kind](6, shape=(40, 40, 10), spacing=(4.0, 4.0, 6.0), score=False)
+    ga, gb = a.truth["generator"], b.truth["generator"]
+    for key in ("heart_center", "aortic_root", "spine_xy", "sternum_xy", "lung_centers"):
+        assert ga["landmarks_lps_mm"][key] == gb["landmarks_lps_mm"][key]
+    assert ga["tissue_hu"] == gb["tissue_hu"]
+    assert a.image.shape != b.image.shape
+
+
 def test_registry_resolves_kinds_and_names_missing_modules():
     assert set(GENERATORS) == {"chest", "cardiac", "head", "ctp"}
     case = generate("cardiac", 2, shape=(48, 48, 12), spacing=(3.0, 3.0, 3.0), score=False)
