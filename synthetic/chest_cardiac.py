@@ -230,8 +230,9 @@ def _random_plaques(rng, arteries, n, grid) -> list[dict]:
         for _attempt in range(20):
             name = names[rng.choice(len(names), p=probs / probs.sum())]
             pts, rad = arteries[name]
-            t = rng.beta(1.5, 2.8) * 0.85 + (0.25 if name == "LM" else 0.06) * (1 - rng.beta(1.5, 2.8) * 0.85)
-            i = int(np.clip(t, 0, 0.95) * (len(pts) - 1))
+            lo = 0.25 if name == "LM" else 0.05  # keep clear of the ostium (and the aortic root)
+            t = lo + (0.95 - lo) * rng.beta(1.5, 2.8)  # proximal segments calcify most often
+            i = int(t * (len(pts) - 1))
             if _inside(grid, pts[i], 6.0):
                 break
         else:
