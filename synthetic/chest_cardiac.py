@@ -222,7 +222,7 @@ def _inside(grid: ops.Grid, p, margin_mm: float = 3.0) -> bool:
     return bool(np.all(p >= lo) and np.all(p <= hi))
 
 
-def _random_plaques(rng, arteries, n, grid) -> list[dict]:
+def _random_plaques(rng, arteries, n, grid, length_scale: float = 1.0) -> list[dict]:
     names = list(ARTERY_WEIGHTS)
     probs = np.array([ARTERY_WEIGHTS[k] for k in names])
     out = []
@@ -243,7 +243,7 @@ def _random_plaques(rng, arteries, n, grid) -> list[dict]:
             "artery": name,
             "position": float(i / (len(pts) - 1)),
             "shape": "ellipsoid",
-            "size_mm": [float(rng.uniform(1.5, 8.0)), float(rng.uniform(1.0, 4.0)), float(rng.uniform(1.0, 4.0))],
+            "size_mm": [float(rng.uniform(1.5, 8.0) * length_scale), float(rng.uniform(1.0, 4.0)), float(rng.uniform(1.0, 4.0))],
             "hu": float(hu),
         })
     return out
@@ -369,7 +369,8 @@ def generate_coronary_ct(
         shape: (X, Y, Z) override (default 512 x 512 x the protocol's coverage / slice spacing).
         spacing: (sx, sy, sz) mm override (default drawn from the protocol).
         small: use the protocol's small preset (coarser pixels, fewer voxels) for fast runs.
-        n_plaques: number of random calcified plaques (default 0 to 8, none in ~15 % of cases).
+        n_plaques: number of random calcified plaques (default: none in ~15 % of cases, 1 to 8 in
+            most, 10 to 18 longer ones in ~17 % so that every risk category occurs).
         plaques: explicit plaque specs instead of random ones: dicts with ``artery`` (LM, LAD, LCX,
             RCA), ``position`` (0..1 along the artery), ``shape`` ("ellipsoid" | "box"),
             ``size_mm`` (ellipsoid diameters along the artery and across it, or the box's x, y, z
@@ -465,8 +466,10 @@ def generate_coronary_ct(
 
     # labelled coronary plaques
     if plaques is None:
-        n = (0 if rng.random() < 0.15 else int(rng.integers(1, 9))) if n_plaques is None else int(n_plaques)
-        plaques = _random_plaques(rng, arteries, n, grid)
+        burden = rng.random()  # ~15 % no calcium, ~17 % heavy calcification (many, longer plaques)
+        heavy = burden >= 0.83
+        n = (0 if burden < 0.15 else int(rng.integers(10, 19)) if heavy else int(rng.integers(1, 9))) if n_plaques is None else int(n_plaques)
+        plaques = _random_plaques(rng, arteries, n, grid, length_scale=1.6 if heavy else 1.0)
     specs = [_resolve_plaque(p, arteries, grid, rng) for p in plaques]
     label = np.zeros(grid.shape, np.uint8)
     best = np.zeros(grid.shape, np.float32)  # calloc: only the pages near plaques are touched
