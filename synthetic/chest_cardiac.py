@@ -105,7 +105,7 @@ def _anatomy(rng: np.random.Generator) -> dict:
             "myocardium": rng.uniform(42, 52),
             "blood": rng.uniform(36, 44),
             "cortex": rng.uniform(600, 800),
-            "cancellous": rng.uniform(180, 280),
+            "cancellous": rng.uniform(130, 220),
             "disc": rng.uniform(70, 95),
             "cartilage": rng.uniform(90, 115),
             "csf": rng.uniform(15, 30),
@@ -222,7 +222,7 @@ def _inside(grid: ops.Grid, p, margin_mm: float = 3.0) -> bool:
     return bool(np.all(p >= lo) and np.all(p <= hi))
 
 
-def _random_plaques(rng, arteries, n, grid) -> list[dict]:
+def _random_plaques(rng, arteries, n, grid, length_scale: float = 1.0) -> list[dict]:
     names = list(ARTERY_WEIGHTS)
     probs = np.array([ARTERY_WEIGHTS[k] for k in names])
     out = []
@@ -230,8 +230,9 @@ def _random_plaques(rng, arteries, n, grid) -> list[dict]:
         for _attempt in range(20):
             name = names[rng.choice(len(names), p=probs / probs.sum())]
             pts, rad = arteries[name]
-            t = rng.beta(1.5, 2.8) * 0.85 + (0.25 if name == "LM" else 0.06) * (1 - rng.beta(1.5, 2.8) * 0.85)
-            i = int(np.clip(t, 0, 0.95) * (len(pts) - 1))
+            lo = 0.25 if name == "LM" else 0.05  # keep clear of the ostium (and the aortic root)
+            t = lo + (0.95 - lo) * rng.beta(1.5, 2.8)  # proximal segments calcify most often
+            i = int(t * (len(pts) - 1))
             if _inside(grid, pts[i], 6.0):
                 break
         else:
@@ -242,7 +243,7 @@ def _random_plaques(rng, arteries, n, grid) -> list[dict]:
             "artery": name,
             "position": float(i / (len(pts) - 1)),
             "shape": "ellipsoid",
-            "size_mm": [float(rng.uniform(1.5, 8.0)), float(rng.uniform(1.0, 4.0)), float(rng.uniform(1.0, 4.0))],
+            "size_mm": [float(rng.uniform(1.5, 8.0) * length_scale), float(rng.uniform(1.0, 4.0)), float(rng.uniform(1.0, 4.0))],
             "hu": float(hu),
         })
     return out
@@ -321,26 +322,21 @@ def _hard_negatives(rng, an, aorta_info, aorta_pts, aorta_rad, ribs, vertebrae, 
 
 # ----------------------------------------------------------------------------------------- public
 def _protocol_grid(kind, rng, an, shape, spacing, small):
+    """The case's grid: protocol values drawn from ``rng`` (always, so that overrides do not shift
+    the random stream: the same seed keeps its anatomy and plaques), then the overrides applied."""
     proto = PROTOCOLS[kind]
+    px = round(float(rng.uniform(*proto["pixel_mm"])), 3)
+    dz = float(proto["slice_mm"][int(rng.integers(len(proto["slice_mm"])))])
+    coverage = float(rng.uniform(*proto["z_coverage_mm"]))
+    jitter = rng.normal(0, 3.0, 3)
     if small and shape is None and spacing is None:
         shape, spacing = proto["small"]["shape"], proto["small"]["spacing"]
-    if spacing is None:
-        px = rng.uniform(*proto["pixel_mm"]) if proto["pixel_mm"][0] != proto["pixel_mm"][1] else proto["pixel_mm"][0]
-        px = round(float(px), 3)
-        dz = float(proto["slice_mm"][int(rng.integers(len(proto["slice_mm"])))])
-        spacing = (px, px, dz)
-    else:
-        rng.random(2)  # keep the draw count independent of the override
-    spacing = tuple(float(s) for s in spacing)
+    spacing = (px, px, dz) if spacing is None else tuple(float(v) for v in spacing)
     if shape is None:
-        cov = rng.uniform(*proto["z_coverage_mm"])
-        shape = (proto["in_plane"], proto["in_plane"], int(round(cov / spacing[2])))
-    else:
-        rng.random()
+        shape = (proto["in_plane"], proto["in_plane"], int(round(coverage / spacing[2])))
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
         raise ValueError(f"shape and spacing must be 3 positive values, got {shape} and {spacing}")
-    jitter = rng.normal(0, 3.0, 3)
     if proto["center"] == "heart":
         center = an["heart_c"] + np.array([0.0, 0.0, 8.0]) + jitter
     else:
@@ -373,7 +369,8 @@ def generate_coronary_ct(
         shape: (X, Y, Z) override (default 512 x 512 x the protocol's coverage / slice spacing).
         spacing: (sx, sy, sz) mm override (default drawn from the protocol).
         small: use the protocol's small preset (coarser pixels, fewer voxels) for fast runs.
-        n_plaques: number of random calcified plaques (default 0 to 8, none in ~15 % of cases).
+        n_plaques: number of random calcified plaques (default: none in ~15 % of cases, 1 to 8 in
+            most, 10 to 18 longer ones in ~17 % so that every risk category occurs).
         plaques: explicit plaque specs instead of random ones: dicts with ``artery`` (LM, LAD, LCX,
             RCA), ``position`` (0..1 along the artery), ``shape`` ("ellipsoid" | "box"),
             ``size_mm`` (ellipsoid diameters along the artery and across it, or the box's x, y, z
@@ -430,15 +427,16 @@ def generate_coronary_ct(
     # spine
     sy = an["spine_y"]
     vertebrae = _vertebra_levels(an, z_min, z_max)
-    arch = ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (14.0, 12.0))
-    ops.paint(img, arch, hu["cortex"] * 0.8)
-    ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (8.0, 7.0)), hu["csf"])
     half_h = an["vertebra_period"] / 2 - 2.5
+    mixed_bone = 0.5 * (hu["cortex"] + hu["cancellous"])  # thin cortex around marrow, at CT resolution
     ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (20.0, 17.0)), hu["disc"])
     for zv in vertebrae:
         ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (20.0, 17.0), zv - half_h, zv + half_h), hu["cortex"])
         ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (18.5, 15.5), zv - half_h + 1.5, zv + half_h - 1.5), hu["cancellous"])
-        ops.paint(img, ops.ellipsoid_occupancy(grid, (0, sy + 48.0, zv - 4.0), (4.0, 12.0, 8.0)), hu["cortex"] * 0.8)
+        # posterior arch (pedicles, laminae) and spinous process, one per vertebra
+        ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (14.0, 12.0), zv - half_h + 3.0, zv + half_h - 3.0), mixed_bone)
+        ops.paint(img, ops.ellipsoid_occupancy(grid, (0, sy + 48.0, zv - 4.0), (4.0, 12.0, 8.0)), mixed_bone)
+    ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (8.0, 7.0)), hu["csf"])
     # ribs and costal cartilage
     ribs = []
     for zv in vertebrae:
@@ -468,8 +466,10 @@ def generate_coronary_ct(
 
     # labelled coronary plaques
     if plaques is None:
-        n = (0 if rng.random() < 0.15 else int(rng.integers(1, 9))) if n_plaques is None else int(n_plaques)
-        plaques = _random_plaques(rng, arteries, n, grid)
+        burden = rng.random()  # ~15 % no calcium, ~17 % heavy calcification (many, longer plaques)
+        heavy = burden >= 0.83
+        n = (0 if burden < 0.15 else int(rng.integers(10, 19)) if heavy else int(rng.integers(1, 9))) if n_plaques is None else int(n_plaques)
+        plaques = _random_plaques(rng, arteries, n, grid, length_scale=1.6 if heavy else 1.0)
     specs = [_resolve_plaque(p, arteries, grid, rng) for p in plaques]
     label = np.zeros(grid.shape, np.uint8)
     best = np.zeros(grid.shape, np.float32)  # calloc: only the pages near plaques are touched
@@ -544,7 +544,7 @@ def generate_coronary_ct(
         "tissue_hu": an["hu"],
     }
     truth = score_truth(image, label, spacing, float(spacing[2]), affine=grid.affine) if score else {}
-    truth["generator"] = generator_truth
+    truth["generator"] = _jsonable(generator_truth)
     return SyntheticCase(
         kind=kind,
         case_id=case_id or f"{kind}_{int(seed)}",

@@ -146,6 +146,7 @@ def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, f
     writer = _writer(layout)
     options = generator_options(kind, shape, small)
     rows, records = [], []
+    label_names: dict = {}
     number = 0
     for i in range(int(cases)):
         t0 = time.perf_counter()
@@ -153,6 +154,7 @@ def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, f
         for case in _cases_of(kind, s, options):
             suffix = case.meta.get("slab", "") if case.meta.get("n_slabs", 1) > 1 else ""
             case.case_id = f"{kind}_{i:03d}{suffix}"
+            label_names = dict(case.label_names)
             number += 1
             if layout == "orcascore":
                 paths = writer.write_case(case, out, vendor=i % 4 + 1, patient=i // 4 + 1)
@@ -170,6 +172,8 @@ def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, f
                     file=sys.stderr,
                 )
     kwargs = {} if folds is None else {"folds": int(folds)}
+    if layout == "nifti" and label_names:
+        kwargs["label_names"] = label_names
     if hasattr(writer, "write_datalist"):
         datalist = writer.write_datalist(out, **kwargs)
     else:

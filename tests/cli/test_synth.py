@@ -14,7 +14,7 @@ from ctbundles.cli import main
 from ctbundles.commands.synth import case_seed
 
 
-def _run(args, capsys=None):
+def _run(args):
     return main(["synth", *args])
 
 
@@ -36,6 +36,7 @@ def test_nifti_cohort_is_deterministic_with_truth(tmp_path):
     assert not np.array_equal(nib.load(a / "imagesTr" / "cardiac_000.nii.gz").get_fdata(), nib.load(a / "imagesTr" / "cardiac_001.nii.gz").get_fdata())
     dl = json.loads((a / "datalist.json").read_text())
     assert [it["case_id"] for it in dl["training"]] == ["cardiac_000", "cardiac_001"] and dl["excluded"] == []
+    assert dl["labels"] == {"0": "background", "1": "LM", "2": "LAD", "3": "LCX", "4": "RCA"}
     rows = _rows(a / "truth.csv")
     assert [r["case_id"] for r in rows] == ["cardiac_000", "cardiac_001"]
     assert rows == [dict(r, file=r["file"].replace(str(b), str(a))) for r in _rows(b / "truth.csv")]

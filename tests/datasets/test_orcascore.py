@@ -113,3 +113,20 @@ def test_empty_or_missing_root_is_a_clear_error(tmp_path):
         orcascore.build_datalist(tmp_path)
     with pytest.raises(CTInputError, match="does not exist"):
         orcascore.build_datalist(tmp_path / "nope")
+
+
+def test_project_loader_reads_both_layouts_like_the_generator(tmp_path, case):
+    ct_io = pytest.importorskip("ctbundles.transforms.ct_io", reason="the CT loader comes from branch io")
+    from ctbundles.datasets import nifti_folder
+
+    paths = [nifti_folder.write_case(case, tmp_path / "nifti")["image"], orcascore.write_case(case, tmp_path / "orca")["image"]]
+    for path in paths:
+        img = ct_io.load_ct(str(path))
+        np.testing.assert_array_equal(np.asarray(img), case.image)
+        np.testing.assert_allclose(np.asarray(img.affine), case.affine, atol=1e-5)
+        assert float(img.meta["slice_increment_mm"]) == pytest.approx(3.0)
+    ref = ct_io.load_label(str(tmp_path / "orca" / "Training" / "Reference" / "TRV1P1R.mhd"), img)
+    np.testing.assert_array_equal(np.asarray(ref), orcascore.remap_to_orcascore(case.label, case.label_names))
+    checks = pytest.importorskip("ctbundles.transforms.ct_checks")
+    codes = {f.code for f in checks.check_ct(img)}
+    assert not codes & {"not_hu", "contrast"}  # a non-contrast CT in HU
