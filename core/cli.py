@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CTInputError as err:
+    except (CTInputError, FileExistsError) as err:
         print(f"ctbundles {args.command}: error: {err}", file=sys.stderr)
         return 2
 

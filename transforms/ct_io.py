@@ -563,13 +563,16 @@ def _untilt(image: MetaTensor) -> MetaTensor:
 # NIfTI and MetaImage
 # --------------------------------------------------------------------------------------------------
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from monai.transforms import LoadImage
+    # MONAI's NibabelReader directly: LoadImage would build every registered reader on each call
+    # (in monai 1.6 that logs an nvImageCodec warning per call) for the same array and affine.
+    from monai.data import NibabelReader
 
+    reader = NibabelReader()
     try:
-        img = LoadImage(reader="NibabelReader", image_only=True, dtype=np.float32)(str(path))
+        data, meta = reader.get_data(reader.read(str(path)))
     except Exception as err:  # nibabel raises several types for broken files
         raise CTInputError(f"{path}: cannot read as NIfTI ({err})") from err
-    return np.asarray(img.array, dtype=np.float32), np.asarray(img.affine, dtype=float)
+    return np.asarray(data, dtype=np.float32), np.asarray(meta["affine"], dtype=float)
 
 
 def _load_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
