@@ -25,16 +25,21 @@ tens of mm (mean = f S, SD = S sqrt(f (1 - f)) gives f = 0.194, S = 1.0e8).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-__all__ = ["CONVENTIONS", "HD_SENTINEL_MM", "METRIC_NAMES", "isles_case_metrics", "summarize_cases", "fold_split"]
+from ctbundles.errors import CTInputError
+
+__all__ = ["CONVENTIONS", "HD_SENTINEL_MM", "METRIC_NAMES", "isles_case_metrics", "summarize_cases", "fold_split", "isles_datalist"]
 
 CONVENTIONS = ("isles2018", "isles2022")
 HD_SENTINEL_MM = 1e8
@@ -145,3 +150,17 @@ def fold_split(items: Sequence[Mapping[str, Any]], fold: int, n_folds: int = 5) 
             f = zlib.crc32(key.encode()) % n_folds
         (val if int(f) == fold else train).append(item)
     return train, val
+
+
+def isles_datalist(dataset_dir: str | os.PathLike, section: str = "training") -> list[dict[str, Any]]:
+    """Datalist items of an ISLES 2018 dataset: a decathlon-style JSON file, or a folder in the ISLES
+    2018 layout read by ``ctbundles.datasets.isles2018.build_datalist`` (items with one key per map,
+    ``label``, ``patient`` and a patient-grouped ``fold``)."""
+    path = Path(dataset_dir)
+    if path.is_file() and path.suffix == ".json":
+        return list(json.loads(path.read_text())[section])
+    if not path.is_dir():
+        raise CTInputError(f"{path}: no ISLES 2018 folder or datalist JSON there")
+    from ctbundles.datasets.isles2018 import build_datalist
+
+    return list(build_datalist(str(path))[section])

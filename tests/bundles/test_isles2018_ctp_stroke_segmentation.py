@@ -1,0 +1,144 @@
+"""Bundle isles2018_ctp_stroke_segmentation: configs, network export, a tiny training and inference run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from tests_support.ctp_cases import write_isles_case, write_stacked
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "isles2018_ctp_stroke_segmentation"
+CONFIGS = BUNDLE / "configs"
+TINY_NET = {
+    "network_def#init_features": 8,
+    "network_def#growth_rate": 4,
+    "network_def#block_config": [2, 2, 2, 2],
+    "network_def#bn_size": 2,
+    "network_def#up_channels": [8, 8, 8, 8],
+    "network_def#head_channels": 8,
+}
+
+
+def _parser(*names: str, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    parser.read_config([str(CONFIGS / n) for n in names])
+    for k, v in overrides.items():
+        parser[k] = v
+    return parser
+
+
+@pytest.mark.parametrize("names", [("inference.json",), ("train.json",), ("train.json", "evaluate.json")])
+def test_configs_parse_and_network_def(names):
+    parser = _parser(*names)
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    assert type(net).__name__ == "MSDCNN"
+    assert net.path1.stem[0].in_channels == 3 and net.path2.stem[0].in_channels == 1
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 4
+    assert image["channel_def"] == {"0": "CBF", "1": "CBV", "2": "MTT", "3": "Tmax"}
+
+
+def test_train_config_paper_values():
+    parser = _parser("train.json")
+    assert parser["epochs"] == 70 and parser["batch_size"] == 4 and parser["learning_rate"] == 0.001
+    assert parser["roi_size"] == [160, 160]
+    ids = ["bundle_root", "device", "dataset_dir", "output_dir", "train#trainer", "train#trainer#max_epochs",
+           "train#dataset#data", "train#handlers", "validate#evaluator", "validate#dataset#data", "validate#handlers",
+           "val_interval"]
+    for i in ids:
+        assert i in parser, i
+    loss = parser.get_parsed_content("loss")
+    assert type(loss).__name__ == "PseudoDiceLoss"
+
+
+def test_inference_ids_for_monai_label():
+    parser = _parser("inference.json")
+    for i in ("bundle_root", "device", "network_def", "network", "preprocessing", "inferer", "postprocessing",
+              "output_dir", "dataset_dir", "datalist", "dataset", "evaluator", "handlers", "initialize", "run",
+              "displayable_configs"):
+        assert i in parser, i
+    names = [t["_target_"] for t in parser["preprocessing#transforms"]]
+    assert "Spacingd" not in names and names[0].endswith("LoadCTPMapsd")
+
+
+def test_verify_net_in_out():
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+           str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"), "--n", "2"]
+    for k, v in TINY_NET.items():
+        cmd += [f"--{k}", json.dumps(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_torchscript_network_def():
+    net = _parser("inference.json", **TINY_NET).get_parsed_content("network_def").eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(1, 4, 32, 32)
+    assert torch.allclose(scripted(x), net(x), atol=1e-6)
+
+
+def _tiny_run_overrides(tmp_path: Path) -> dict:
+    return {**TINY_NET, "bundle_root": str(tmp_path), "roi_size": [32, 32], "num_workers": 0, "sw_batch_size": 4,
+            "device": "$torch.device('cpu')"}
+
+
+def test_train_one_epoch_then_infer(tmp_path):
+    data = tmp_path / "isles"
+    items = [write_isles_case(data, i, seed=i, shape=(40, 40, 3)) for i in range(1, 5)]
+    for i, it in enumerate(items):
+        it["patient"], it["fold"] = f"p{i}", i % 2
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json")], meta_file=str(CONFIGS / "metadata.json"), logging_file=None,
+        workflow_type="train", **_tiny_run_overrides(tmp_path), epochs=1, val_interval=1, datalist=items,
+        n_folds=2, fold=0,
+    )
+    wf.initialize()
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 2  # 2 training cases, 4 slices each
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    assert 0.0 <= evaluator.state.metrics["val_mean_dice"] <= 1.0
+    ckpt = tmp_path / "models" / "model.pt"
+    assert ckpt.is_file()
+    wf.finalize()
+
+    # inference on stacked 4-channel files, as MONAI Label passes them (one file under "image")
+    stacked_dir = tmp_path / "stacked"
+    stacked_dir.mkdir()
+    src, _ = write_stacked(stacked_dir / "case9.nii.gz", seed=9, shape=(44, 36, 3))
+    (stacked_dir / "case9_label.nii.gz").unlink()
+    inf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=None,
+        workflow_type="infer", **_tiny_run_overrides(tmp_path), dataset_dir=str(stacked_dir),
+        output_dir=str(tmp_path / "out"),
+    )
+    inf.initialize()
+    inf.run()
+    seg = tmp_path / "out" / "case9_seg.nii.gz"
+    assert seg.is_file()
+    img_in, img_out = nib.load(src), nib.load(str(seg))
+    assert img_out.shape[:3] == (44, 36, 3)
+    np.testing.assert_allclose(img_out.affine, img_in.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(img_out.dataobj))) <= {0, 1}
+    report = json.loads((tmp_path / "out" / "case9_seg.json").read_text()) if (tmp_path / "out" / "case9_seg.json").exists() else None
+    jsons = sorted((tmp_path / "out").glob("*.json"))
+    assert jsons, "no per-case JSON"
+    report = json.loads(jsons[0].read_text())
+    n = int(np.asarray(img_out.dataobj).sum())
+    assert report["volume_ml"] == pytest.approx(n * 0.9 * 0.9 * 5.0 / 1000)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "lesion_volumes.csv")))
+    assert len(rows) == 1 and float(rows[0]["total_mm3"]) == pytest.approx(report["total_mm3"])
+    inf.finalize()
