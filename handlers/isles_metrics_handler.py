@@ -32,7 +32,8 @@ class ISLESMetricsHandler:
 
     On every ``ITERATION_COMPLETED`` each decollated item of ``engine.state.output`` with binary
     ``pred`` and ``label`` (same grid; the original grid after ``Invertd``) is scored under every
-    convention in ``conventions``; the spacing comes from the label's affine. On ``COMPLETED`` it
+    convention in ``conventions``; the spacing comes from the label's affine, the case name from the
+    prediction's source (the case folder or stacked file). On ``COMPLETED`` it
     writes ``<output_dir>/isles_metrics.csv`` (one row per case and convention) and
     ``isles_summary.json`` (mean and SD per convention), atomically. The summary is also put in
     ``engine.state.metrics["isles"]`` and the 2018 mean Dice in ``engine.state.metrics["isles_dice"]``.
@@ -78,7 +79,9 @@ class ISLESMetricsHandler:
             pred, label = item[self.pred_key], item[self.label_key]
             ref = label if isinstance(label, MetaTensor) else pred
             spacing = np.asarray(ref.pixdim, dtype=float)[-3:] if isinstance(ref, MetaTensor) else np.ones(3)
-            source = ref.meta.get("filename_or_obj") if isinstance(ref, MetaTensor) else None
+            # the case is named after the input maps (the case folder), else the label file
+            named = pred if isinstance(pred, MetaTensor) and pred.meta.get("filename_or_obj") else ref
+            source = named.meta.get("filename_or_obj") if isinstance(named, MetaTensor) else None
             case = case_id(source, default=f"case_{len(self.rows):04d}")
             for conv in self.conventions:
                 m = isles_case_metrics(pred, label, spacing, convention=conv, hd_sentinel=self.hd_sentinel)

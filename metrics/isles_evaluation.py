@@ -153,14 +153,28 @@ def fold_split(items: Sequence[Mapping[str, Any]], fold: int, n_folds: int = 5) 
 
 
 def isles_datalist(dataset_dir: str | os.PathLike, section: str = "training") -> list[dict[str, Any]]:
-    """Datalist items of an ISLES 2018 dataset: a decathlon-style JSON file, or a folder in the ISLES
-    2018 layout read by ``ctbundles.datasets.isles2018.build_datalist`` (items with one key per map,
-    ``label``, ``patient`` and a patient-grouped ``fold``)."""
+    """Datalist items of an ISLES 2018 dataset, with absolute paths.
+
+    ``dataset_dir`` is a folder in the ISLES 2018 layout, read by
+    ``ctbundles.datasets.isles2018.build_datalist`` (items with the four maps, ``label``,
+    ``patient`` and a patient-grouped ``fold``), or a datalist JSON written by ``ctbundles datalist``
+    (relative paths resolved against its ``base_dir``, else the JSON's folder).
+    """
     path = Path(dataset_dir)
     if path.is_file() and path.suffix == ".json":
-        return list(json.loads(path.read_text())[section])
+        data = json.loads(path.read_text())
+        base = Path(data.get("base_dir") or path.parent)
+
+        def absolute(v: Any) -> Any:
+            if isinstance(v, list):
+                return [absolute(x) for x in v]
+            if isinstance(v, str) and (v.endswith(".nii") or v.endswith(".nii.gz")) and not os.path.isabs(v):
+                return str(base / v)
+            return v
+
+        return [{k: absolute(v) for k, v in item.items()} for item in data[section]]
     if not path.is_dir():
         raise CTInputError(f"{path}: no ISLES 2018 folder or datalist JSON there")
     from ctbundles.datasets.isles2018 import build_datalist
 
-    return list(build_datalist(str(path))[section])
+    return list(build_datalist(str(path), relative=False)[section])

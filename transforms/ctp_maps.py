@@ -67,9 +67,11 @@ def _source_name(source: Any) -> str:
 class LoadCTPMaps(Transform):
     """Load the four CT perfusion maps as one ``(4, X, Y, Z)`` float32 MetaTensor (order CBF, CBV, MTT, Tmax).
 
-    ``source`` is either a mapping map name -> file (the ISLES 2018 layout: one NIfTI per map, every
-    map on the same grid) or one path to a stacked 4-channel NIfTI (shape (X, Y, Z, 4), channels in
-    :data:`CTP_MAP_ORDER`). With separate files, ``meta["filename_or_obj"]`` is the folder holding
+    ``source`` is a mapping map name -> file (the ISLES 2018 layout: one NIfTI per map, every map on
+    the same grid), a list of the four files in :data:`CTP_MAP_ORDER` (the ``image`` entry of
+    ``ctbundles.datasets.isles2018.build_datalist``), one path to a stacked 4-channel NIfTI (shape
+    (X, Y, Z, 4), channels in :data:`CTP_MAP_ORDER`), or that image already loaded (a MetaTensor
+    from ``LoadImage``, channel-last with ``original_channel_dim`` -1, or channel-first). With separate files, ``meta["filename_or_obj"]`` is the folder holding
     them (the ISLES case folder, so outputs are named after the case) and ``meta["ctp_sources"]``
     lists the files.
 
@@ -95,11 +97,20 @@ class LoadCTPMaps(Transform):
         except Exception as err:  # the readers raise many types; report the file
             raise CTInputError(f"{path}: cannot read as an image ({err})") from err
 
-    def __call__(self, source: str | os.PathLike | Mapping[str, Any]) -> MetaTensor:
+    def __call__(self, source: str | os.PathLike | Mapping[str, Any] | Sequence[Any] | torch.Tensor) -> MetaTensor:
         if isinstance(source, Mapping):
             return self._stack(source)
-        img = self._load(source)
-        if img.ndim != 4 or img.meta.get("original_channel_dim") in (None, "no_channel"):
+        if isinstance(source, (list, tuple)):
+            if len(source) != len(self.map_order):
+                raise CTInputError(
+                    f"{_source_name(dict(enumerate(source))) if source else source}: {len(source)} map file(s) given, "
+                    f"expected {len(self.map_order)} in the order {', '.join(self.map_order)}"
+                )
+            return self._stack(dict(zip(self.map_order, source)))
+        img = source if isinstance(source, (torch.Tensor, np.ndarray)) else self._load(source)
+        if not isinstance(img, MetaTensor):  # already loaded without metadata: channel-first expected
+            img = MetaTensor(torch.as_tensor(img, dtype=torch.float32), meta={"original_channel_dim": 0})
+        if img.ndim != 4 or img.meta.get("original_channel_dim", 0) in (None, "no_channel", float("nan")):
             raise CTInputError(
                 f"{source}: expected one stacked 4-channel image (X, Y, Z, {len(self.map_order)}) with maps "
                 f"{', '.join(self.map_order)}, got shape {tuple(img.shape)}"

@@ -93,38 +93,70 @@ def _tiny_run_overrides(tmp_path: Path) -> dict:
             "device": "$torch.device('cpu')"}
 
 
-def test_train_one_epoch_then_infer(tmp_path):
-    data = tmp_path / "isles"
-    items = [write_isles_case(data, i, seed=i, shape=(40, 40, 3)) for i in range(1, 5)]
+def _items(root: Path, n: int = 4, shape=(40, 40, 3)) -> list[dict]:
+    items = [write_isles_case(root, i, seed=i, shape=shape) for i in range(1, n + 1)]
     for i, it in enumerate(items):
         it["patient"], it["fold"] = f"p{i}", i % 2
+    return items
+
+
+def _save_tiny_model(bundle_root: Path) -> Path:
+    torch.manual_seed(0)
+    net = _parser("inference.json", **TINY_NET).get_parsed_content("network_def")
+    path = bundle_root / "models" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _workflow(tmp_path: Path, files, workflow_type: str, **overrides):
     from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json")], meta_file=str(CONFIGS / "metadata.json"), logging_file=None,
-        workflow_type="train", **_tiny_run_overrides(tmp_path), epochs=1, val_interval=1, datalist=items,
-        n_folds=2, fold=0,
-    )
+    files = [str(CONFIGS / f) for f in files]
+    return ConfigWorkflow(config_file=files, meta_file=str(CONFIGS / "metadata.json"), logging_file=None,
+                          workflow_type=workflow_type, **_tiny_run_overrides(tmp_path), **overrides)
+
+
+def test_train_one_epoch(tmp_path):
+    wf = _workflow(tmp_path, ["train.json"], "train", epochs=1, val_interval=1, datalist=_items(tmp_path / "isles"),
+                   n_folds=2, fold=0)
     wf.initialize()
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")
-    assert trainer.state.epoch == 1 and trainer.state.iteration == 2  # 2 training cases, 4 slices each
+    assert trainer.state.epoch == 1 and trainer.state.iteration == 2  # 2 training cases, one batch of 4 slices each
+    batch = trainer.state.batch  # decollated: 4 slices of 4 maps, roi 32 x 32
+    assert len(batch) == 4 and batch[0]["image"].shape == (4, 32, 32) and batch[0]["label"].shape == (1, 32, 32)
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     assert 0.0 <= evaluator.state.metrics["val_mean_dice"] <= 1.0
-    ckpt = tmp_path / "models" / "model.pt"
-    assert ckpt.is_file()
+    assert (tmp_path / "models" / "model.pt").is_file()
     wf.finalize()
 
-    # inference on stacked 4-channel files, as MONAI Label passes them (one file under "image")
+
+def test_evaluate_overlay_isles_metrics_on_original_grid(tmp_path):
+    _save_tiny_model(tmp_path)
+    wf = _workflow(tmp_path, ["train.json", "evaluate.json"], "eval", datalist=_items(tmp_path / "isles", n=2, shape=(44, 40, 3)),
+                   n_folds=2, fold=1, output_dir=str(tmp_path / "eval"))
+    wf.initialize()
+    wf.run()
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    assert evaluator.state.output[0]["pred"].shape == (1, 44, 40, 3)  # back on the label's grid
+    summary = json.loads((tmp_path / "eval" / "isles_summary.json").read_text())
+    assert set(summary) >= {"isles2018", "isles2022", "hd_sentinel_mm"}
+    assert summary["isles2018"]["n"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "isles_metrics.csv")))
+    assert [r["convention"] for r in rows] == ["isles2018", "isles2022"] and rows[0]["case"] == "case_2"
+    assert float(rows[0]["volume_truth_ml"]) > 0
+    wf.finalize()
+
+
+def test_inference_stacked_input_like_monai_label(tmp_path):
+    """One stacked 4-channel file per case under ``image``; prediction and volume report on the input grid."""
+    _save_tiny_model(tmp_path)
     stacked_dir = tmp_path / "stacked"
     stacked_dir.mkdir()
     src, _ = write_stacked(stacked_dir / "case9.nii.gz", seed=9, shape=(44, 36, 3))
     (stacked_dir / "case9_label.nii.gz").unlink()
-    inf = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=None,
-        workflow_type="infer", **_tiny_run_overrides(tmp_path), dataset_dir=str(stacked_dir),
-        output_dir=str(tmp_path / "out"),
-    )
+    inf = _workflow(tmp_path, ["inference.json"], "infer", dataset_dir=str(stacked_dir), output_dir=str(tmp_path / "out"))
     inf.initialize()
     inf.run()
     seg = tmp_path / "out" / "case9_seg.nii.gz"
@@ -133,12 +165,11 @@ def test_train_one_epoch_then_infer(tmp_path):
     assert img_out.shape[:3] == (44, 36, 3)
     np.testing.assert_allclose(img_out.affine, img_in.affine, atol=1e-4)
     assert set(np.unique(np.asarray(img_out.dataobj))) <= {0, 1}
-    report = json.loads((tmp_path / "out" / "case9_seg.json").read_text()) if (tmp_path / "out" / "case9_seg.json").exists() else None
-    jsons = sorted((tmp_path / "out").glob("*.json"))
-    assert jsons, "no per-case JSON"
-    report = json.loads(jsons[0].read_text())
+    report = json.loads((tmp_path / "out" / "case9.json").read_text())
     n = int(np.asarray(img_out.dataobj).sum())
+    assert report["n_voxels"] == n
     assert report["volume_ml"] == pytest.approx(n * 0.9 * 0.9 * 5.0 / 1000)
     rows = list(csv.DictReader(open(tmp_path / "out" / "lesion_volumes.csv")))
-    assert len(rows) == 1 and float(rows[0]["total_mm3"]) == pytest.approx(report["total_mm3"])
+    assert len(rows) == 1 and rows[0]["case"] == "case9"
+    assert float(rows[0]["total_mm3"]) == pytest.approx(report["total_mm3"])
     inf.finalize()

@@ -110,3 +110,25 @@ def test_fold_split_groups_patients():
     assert seen["q"] == {3}
     with pytest.raises(ValueError):
         fold_split(items, 5)
+
+
+def test_isles_datalist_folder_and_json(tmp_path):
+    """Items from synth_head's ISLES 2018 writer, absolute paths, loadable by LoadCTPMapsd."""
+    import json
+
+    from ctbundles.datasets.isles2018 import build_datalist, write_cohort
+    from ctbundles.errors import CTInputError
+    from ctbundles.metrics.isles_evaluation import isles_datalist
+    from ctbundles.transforms.ctp_maps import LoadCTPMapsd
+
+    root = tmp_path / "isles"
+    write_cohort(root, 1, seed=1, shape_xy=(32, 32))
+    items = isles_datalist(root)
+    assert items and all(p.startswith(str(root)) for p in items[0]["image"])
+    assert "fold" in items[0] and "patient" in items[0]
+    img = LoadCTPMapsd()(items[0])["image"]
+    assert img.shape[:3] == (4, 32, 32) and img.meta["filename_or_obj"].endswith(items[0]["case"])
+    (tmp_path / "dl.json").write_text(json.dumps(build_datalist(root)))  # relative paths
+    assert isles_datalist(tmp_path / "dl.json") == items
+    with pytest.raises(CTInputError, match="no ISLES 2018 folder"):
+        isles_datalist(tmp_path / "absent")

@@ -163,3 +163,19 @@ def test_lesion_volume(spacing, n, ml):
     assert rep["parameters"]["median_radius"] == [1, 1, 0] and rep["source_image"] == "/d/case_7"
     empty = LesionVolume(spacing=spacing)(torch.zeros(5, 5, 5))
     assert empty["volume_ml"] == 0.0 and empty["warnings"] == ["no lesion predicted"]
+
+
+def test_load_datalist_image_list_and_loaded_tensor(tmp_path):
+    """``image`` as the four files (synth_head's build_datalist) or as an image MONAI Label loaded."""
+    item = write_isles_case(tmp_path, 6, seed=2)
+    by_keys = LoadCTPMapsd()(dict(item))["image"]
+    as_list = LoadCTPMaps()([item[m] for m in CTP_MAP_ORDER])
+    assert torch.equal(as_list.as_tensor(), by_keys.as_tensor())
+    with pytest.raises(CTInputError, match="3 map file"):
+        LoadCTPMaps()([item[m] for m in CTP_MAP_ORDER[:3]])
+    stacked, _ = write_stacked(tmp_path / "s.nii.gz", seed=2)
+    from monai.transforms import LoadImage
+
+    loaded = LoadImage(image_only=True)(stacked)  # channel-last, original_channel_dim -1
+    assert torch.equal(LoadCTPMapsd()({"image": loaded})["image"].as_tensor(), by_keys.as_tensor())
+    assert LoadCTPMaps()(by_keys.as_tensor()).shape == (4, 40, 40, 4)
