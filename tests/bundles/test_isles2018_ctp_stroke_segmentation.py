@@ -81,6 +81,27 @@ def test_verify_net_in_out():
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def test_ckpt_export_torchscript(tmp_path):
+    ckpt = _save_tiny_model(tmp_path)
+    ts = tmp_path / "models" / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
+           str(ckpt), "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json")]
+    for k, v in TINY_NET.items():
+        cmd += [f"--{k}", json.dumps(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = torch.jit.load(str(ts))
+    assert loaded(torch.rand(1, 4, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_multi_gpu_overlay_ids():
+    parser = _parser("train.json", "multi_gpu_train.json")
+    assert parser["network#_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert parser["train#dataloader#sampler"] == "@train#sampler" and parser["train#dataloader#shuffle"] is False
+    assert parser["validate#dataloader#sampler"] == "@validate#sampler"
+    assert parser["epochs"] == 70  # the overlay changes only the distribution
+
+
 def test_torchscript_network_def():
     net = _parser("inference.json", **TINY_NET).get_parsed_content("network_def").eval()
     scripted = torch.jit.script(net)
