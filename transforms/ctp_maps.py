@@ -110,7 +110,7 @@ class LoadCTPMaps(Transform):
         img = source if isinstance(source, (torch.Tensor, np.ndarray)) else self._load(source)
         if not isinstance(img, MetaTensor):  # already loaded without metadata: channel-first expected
             img = MetaTensor(torch.as_tensor(img, dtype=torch.float32), meta={"original_channel_dim": 0})
-        if img.ndim != 4 or img.meta.get("original_channel_dim", 0) in (None, "no_channel", float("nan")):
+        if img.ndim != 4 or img.meta.get("original_channel_dim", 0) in (None, "no_channel"):
             raise CTInputError(
                 f"{source}: expected one stacked 4-channel image (X, Y, Z, {len(self.map_order)}) with maps "
                 f"{', '.join(self.map_order)}, got shape {tuple(img.shape)}"
