@@ -69,6 +69,7 @@ __all__ = [
     "orientation_codes",
     "slice_increment_from_affine",
     "spacing_from_affine",
+    "tilt_from_affine",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
