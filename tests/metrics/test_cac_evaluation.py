@@ -37,7 +37,8 @@ def test_icc_two_raters_hand_computed():
 
 
 def test_linear_weighted_kappa_hand_computed():
-    # confusion [[2,1,0],[0,2,1],[0,0,1]] (n = 7): sum w*O = 1/7, sum w*E = 20/7 -> kappa = 1 - 7/20
+    # confusion [[2,1,0],[0,2,1],[0,0,1]] (counts, n = 7), marginals (3,3,1) and (2,3,2), E = r c / n:
+    # sum w O = 0.5 + 0.5 = 1, sum w E = (0.5*9 + 6 + 0.5*6 + 0.5*6 + 2 + 0.5*3) / 7 = 20/7 -> 1 - 7/20
     a = [0, 0, 0, 1, 1, 1, 2]
     b = [0, 0, 1, 1, 1, 2, 2]
     assert weighted_kappa(a, b, 3) == pytest.approx(0.65)
@@ -50,9 +51,9 @@ def test_weighted_kappa_textbook_unweighted_limit():
     a = [0] * 25 + [1] * 25
     b = [0] * 20 + [1] * 5 + [0] * 10 + [1] * 15
     assert weighted_kappa(a, b, 2) == pytest.approx(0.4)
-    # quadratic weights on the 3-category example: sum w O = 0.5/7,
-    # sum w E = (0.25*9 + 6 + 0.25*6 + 0.25*6 + 2 + 0.25*3)/7 = 14/7 -> 1 - 1/28
-    assert weighted_kappa([0, 0, 0, 1, 1, 1, 2], [0, 0, 1, 1, 1, 2, 2], 3, "quadratic") == pytest.approx(1 - 1 / 28)
+    # quadratic weights on the 3-category example (counts): sum w O = 0.25 * 2 = 0.5,
+    # sum w E = (0.25*9 + 6 + 0.25*6 + 0.25*6 + 2 + 0.25*3) / 7 = 2 -> 1 - 0.25
+    assert weighted_kappa([0, 0, 0, 1, 1, 1, 2], [0, 0, 1, 1, 1, 2, 2], 3, "quadratic") == pytest.approx(0.75)
 
 
 def test_precision_recall_f1():
