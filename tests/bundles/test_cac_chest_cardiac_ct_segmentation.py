@@ -193,3 +193,31 @@ def test_inference_refuses_contrast_enhanced(shared_data, tmp_path):
         e = e.__cause__ or e.__context__
     assert any(isinstance(x, CTInputError) and "contrast" in str(x) for x in chain)
     assert not list(tmp_path.glob("*_seg.nii.gz"))
+
+
+def test_monai_label_style_inference(cohort):
+    """The path MONAI Label's bundle task takes: parsed preprocessing on a dict holding one image path
+    plus the keys MONAI Label adds, the inferer on the batched image, postprocessing without
+    SaveImaged, prediction under ``pred`` on the input grid."""
+    from monai.data import decollate_batch, list_data_collate
+
+    p = parser("inference.json")
+    for k, v in TINY_NET.items():
+        p[k] = v
+    p["in_plane_size"] = [64, 64]
+    p["refuse_findings"] = ["contrast"]  # the tiny 64 x 64 crop of this case holds no air ("not_hu")
+    image = str(cohort / "imagesTr" / "chest_1.nii.gz")
+    data = {"image": image, "image_path": image, "result_extension": ".nii.gz", "result_dtype": "uint8",
+            "client_id": "user-xyz", "device": "cpu"}
+    pre = p.get_parsed_content("preprocessing")
+    post = p.get_parsed_content("postprocessing")
+    post.transforms = [t for t in post.transforms if type(t).__name__ != "SaveImaged"]
+    net = p.get_parsed_content("network_def").eval()
+    d = pre(data)
+    batch = list_data_collate([d])
+    with torch.no_grad():
+        batch["pred"] = p.get_parsed_content("inferer")(batch["image"], net)
+    out = [post(i) for i in decollate_batch(batch)][0]
+    shape = nib.load(image).shape
+    assert tuple(out["pred"].shape) == (1, *shape)
+    assert "agatston" in out["calcium_score"]
