@@ -105,7 +105,7 @@ def _anatomy(rng: np.random.Generator) -> dict:
             "myocardium": rng.uniform(42, 52),
             "blood": rng.uniform(36, 44),
             "cortex": rng.uniform(600, 800),
-            "cancellous": rng.uniform(180, 280),
+            "cancellous": rng.uniform(130, 220),
             "disc": rng.uniform(70, 95),
             "cartilage": rng.uniform(90, 115),
             "csf": rng.uniform(15, 30),
@@ -321,26 +321,21 @@ def _hard_negatives(rng, an, aorta_info, aorta_pts, aorta_rad, ribs, vertebrae, 
 
 # ----------------------------------------------------------------------------------------- public
 def _protocol_grid(kind, rng, an, shape, spacing, small):
+    """The case's grid: protocol values drawn from ``rng`` (always, so that overrides do not shift
+    the random stream: the same seed keeps its anatomy and plaques), then the overrides applied."""
     proto = PROTOCOLS[kind]
+    px = round(float(rng.uniform(*proto["pixel_mm"])), 3)
+    dz = float(proto["slice_mm"][int(rng.integers(len(proto["slice_mm"])))])
+    coverage = float(rng.uniform(*proto["z_coverage_mm"]))
+    jitter = rng.normal(0, 3.0, 3)
     if small and shape is None and spacing is None:
         shape, spacing = proto["small"]["shape"], proto["small"]["spacing"]
-    if spacing is None:
-        px = rng.uniform(*proto["pixel_mm"]) if proto["pixel_mm"][0] != proto["pixel_mm"][1] else proto["pixel_mm"][0]
-        px = round(float(px), 3)
-        dz = float(proto["slice_mm"][int(rng.integers(len(proto["slice_mm"])))])
-        spacing = (px, px, dz)
-    else:
-        rng.random(2)  # keep the draw count independent of the override
-    spacing = tuple(float(s) for s in spacing)
+    spacing = (px, px, dz) if spacing is None else tuple(float(v) for v in spacing)
     if shape is None:
-        cov = rng.uniform(*proto["z_coverage_mm"])
-        shape = (proto["in_plane"], proto["in_plane"], int(round(cov / spacing[2])))
-    else:
-        rng.random()
+        shape = (proto["in_plane"], proto["in_plane"], int(round(coverage / spacing[2])))
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
         raise ValueError(f"shape and spacing must be 3 positive values, got {shape} and {spacing}")
-    jitter = rng.normal(0, 3.0, 3)
     if proto["center"] == "heart":
         center = an["heart_c"] + np.array([0.0, 0.0, 8.0]) + jitter
     else:
@@ -430,15 +425,16 @@ def generate_coronary_ct(
     # spine
     sy = an["spine_y"]
     vertebrae = _vertebra_levels(an, z_min, z_max)
-    arch = ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (14.0, 12.0))
-    ops.paint(img, arch, hu["cortex"] * 0.8)
-    ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (8.0, 7.0)), hu["csf"])
     half_h = an["vertebra_period"] / 2 - 2.5
+    mixed_bone = 0.5 * (hu["cortex"] + hu["cancellous"])  # thin cortex around marrow, at CT resolution
     ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (20.0, 17.0)), hu["disc"])
     for zv in vertebrae:
         ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (20.0, 17.0), zv - half_h, zv + half_h), hu["cortex"])
         ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy), (18.5, 15.5), zv - half_h + 1.5, zv + half_h - 1.5), hu["cancellous"])
-        ops.paint(img, ops.ellipsoid_occupancy(grid, (0, sy + 48.0, zv - 4.0), (4.0, 12.0, 8.0)), hu["cortex"] * 0.8)
+        # posterior arch (pedicles, laminae) and spinous process, one per vertebra
+        ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (14.0, 12.0), zv - half_h + 3.0, zv + half_h - 3.0), mixed_bone)
+        ops.paint(img, ops.ellipsoid_occupancy(grid, (0, sy + 48.0, zv - 4.0), (4.0, 12.0, 8.0)), mixed_bone)
+    ops.paint(img, ops.elliptic_cylinder_occupancy(grid, (0, sy + 27.0), (8.0, 7.0)), hu["csf"])
     # ribs and costal cartilage
     ribs = []
     for zv in vertebrae:
@@ -530,9 +526,21 @@ def generate_coronary_ct(
         "plaques": [_jsonable(s) for s in specs],
         "hard_negatives": [_jsonable(n) for n in negatives],
         "label_min_occupancy": LABEL_MIN_OCCUPANCY,
+        "landmarks_lps_mm": {
+            "heart_center": an["heart_c"],
+            "blood_pool_center": hc + hr @ np.array([0.08 * ha[0], 0, 0]),
+            "aortic_root": aorta_info["root"],
+            "descending_aorta_xy": aorta_info["desc_xy"],
+            "spine_xy": [0.0, float(sy)],
+            "vertebra_centers_z": vertebrae,
+            "vertebra_half_height_mm": half_h,
+            "sternum_xy": [0.0, float(an["sternum_y"])],
+            "lung_centers": [[-0.47 * bx, 0.05 * by, lz], [0.5 * bx, 0.1 * by, lz]],
+        },
+        "tissue_hu": an["hu"],
     }
     truth = score_truth(image, label, spacing, float(spacing[2]), affine=grid.affine) if score else {}
-    truth["generator"] = generator_truth
+    truth["generator"] = _jsonable(generator_truth)
     return SyntheticCase(
         kind=kind,
         case_id=case_id or f"{kind}_{int(seed)}",

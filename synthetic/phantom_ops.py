@@ -91,7 +91,7 @@ class Grid:
 
 def _ramp(signed_distance, width):
     """Soft-edge occupancy: 1 well inside, 0 well outside, linear across ``width`` centred on the surface."""
-    return np.clip(0.5 - signed_distance / width, 0.0, 1.0)
+    return np.clip(0.5 - signed_distance / np.maximum(width, 1e-6), 0.0, 1.0)
 
 
 def _normal_width(nx, ny, nz, spacing):

@@ -255,7 +255,9 @@ def _as_label(label, shape) -> np.ndarray:
         rounded = np.rint(lab)
         if not np.array_equal(rounded, lab):
             raise ValueError("label holds non-integer values: give a discrete label map (threshold probabilities first)")
-        lab = rounded.astype(np.int64)
+        if rounded.size and rounded.min() < 0:
+            raise ValueError("label holds negative values")
+        lab = rounded.astype(np.min_scalar_type(int(rounded.max(initial=0))))  # uint8 for a usual label
     elif not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"label must hold integer class values, got dtype {lab.dtype}")
     if np.issubdtype(lab.dtype, np.signedinteger) and lab.min(initial=0) < 0:

@@ -62,15 +62,17 @@ def geometry_from_meta(img, spacing: Sequence[float] | None = None, slice_increm
         affine = np.asarray(_floats(meta["affine"]), dtype=np.float64)
         affine = affine.reshape(4, 4) if affine.size == 16 else None
     if spacing is None:
-        if meta.get("spacing") is not None:
-            spacing = _floats(meta["spacing"])[-3:]
+        meta_spacing = _floats(meta["spacing"]) if meta.get("spacing") is not None else []
+        if len(meta_spacing) >= 3:
+            spacing = meta_spacing[-3:]
         elif affine is not None:
             spacing = [float(s) for s in affine_to_spacing(affine, r=3)]
         else:
             raise ValueError("no spacing: give `spacing` or an image MetaTensor with meta['spacing'] or meta['affine']")
     spacing = [float(s) for s in spacing]
     if slice_increment_mm is None and meta.get("slice_increment_mm") is not None:
-        slice_increment_mm = _floats(meta["slice_increment_mm"])[0]
+        values = _floats(meta["slice_increment_mm"])
+        slice_increment_mm = values[0] if len(values) == 1 else None
     if slice_increment_mm is None or not math.isfinite(float(slice_increment_mm)):
         slice_increment_mm = spacing[2]
     return spacing, float(slice_increment_mm), affine

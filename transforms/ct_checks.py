@@ -206,7 +206,12 @@ def check_ct(image) -> list[Finding]:
     name = _name(image)
     findings: list[Finding] = []
 
+    modality = str(meta.get("modality", "") or "").upper()
     not_hu = _not_hu(a)
+    if modality and modality != "CT":
+        not_hu = Finding(
+            "not_hu", "error", f"The DICOM Modality is {modality}, not CT, so the values are not Hounsfield units."
+        )
     if not_hu is not None:
         findings.append(not_hu)
     else:

@@ -44,15 +44,16 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
+from monai.utils import ensure_tuple
 
 from ctbundles.errors import CTInputError
 
@@ -137,7 +138,7 @@ def ct_format(path: str | os.PathLike) -> str:
         return "dicom"
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
-    if name.endswith(METAIMAGE_SUFFIXES):
+    if name.endswith(METAIMAGE_SUFFIXES) or (name.endswith((".raw", ".zraw")) and _metaimage_header(p)):
         return "metaimage"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"
@@ -148,6 +149,12 @@ def ct_format(path: str | os.PathLike) -> str:
     raise CTInputError(
         f"{path}: unsupported CT format (expected a DICOM series folder, .dcm, .nii, .nii.gz, .mhd or .mha)"
     )
+
+
+def _metaimage_header(path: Path) -> Path | None:
+    """The ``.mhd`` header beside a MetaImage ``.raw``/``.zraw`` data file, if there is one."""
+    header = path.with_suffix(".mhd")
+    return header if header.is_file() else None
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -211,6 +218,7 @@ class SeriesInfo:
     description: str
     modality: str
     files: list[Path]
+    headers: list = field(default_factory=list, repr=False)  # pydicom datasets without pixel data
 
     @property
     def n_slices(self) -> int:
@@ -256,6 +264,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[SeriesInfo]:
                 uid, _text(getattr(ds, "SeriesDescription", None)), _text(getattr(ds, "Modality", None)), []
             )
         info.files.append(f)
+        info.headers.append(ds)
     return sorted(groups.values(), key=lambda s: (-s.n_slices, s.uid))
 
 
@@ -277,25 +286,36 @@ def _select_series(folder: Path, series_uid: str | None) -> SeriesInfo:
     return series[0]
 
 
+def _empty_geometry(n_slices: int, increment: float = float("nan"), tilt_deg: float = 0.0) -> dict[str, Any]:
+    """The ``slice_geometry`` record with every key (same keys for every format, so metas collate)."""
+    return {
+        "n_slices": int(n_slices),
+        "increment_median_mm": float(increment),
+        "increment_min_mm": float(increment),
+        "increment_max_mm": float(increment),
+        "n_irregular_gaps": 0,
+        "n_missing_slices": 0,
+        "missing_gaps": "",
+        "irregular_gaps": "",
+        "gantry_tilt_deg": float(tilt_deg),
+        "gantry_tilt_tag_deg": float("nan"),
+        "tilted": False,
+        "uniform": True,
+        "resampled_uniform": False,
+        "gantry_tilt_corrected": False,
+        "from_slice_positions": False,
+    }
+
+
 def _slice_geometry(positions_lps: np.ndarray, row: np.ndarray, col: np.ndarray, pixel: float) -> dict:
     """Slice-stacking analysis of sorted slice origins (LPS, mm): increments, gaps, tilt."""
     normal = np.cross(row, col)
     along = positions_lps @ normal
     increments = np.diff(along)
     n = len(positions_lps)
-    geo: dict[str, Any] = {"n_slices": n}
+    geo = _empty_geometry(n)
+    geo["from_slice_positions"] = True
     if n < 2:
-        geo.update(
-            increment_median_mm=float("nan"),
-            increment_min_mm=float("nan"),
-            increment_max_mm=float("nan"),
-            n_irregular_gaps=0,
-            n_missing_slices=0,
-            irregular_gaps="",
-            gantry_tilt_deg=0.0,
-            tilted=False,
-            uniform=True,
-        )
         return geo
     median = float(np.median(increments))
     tol = max(SPACING_TOL_MM, SPACING_TOL_FRACTION * median)
@@ -334,7 +354,7 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
         ds0 = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         series_uid = str(getattr(ds0, "SeriesInstanceUID", "") or "")
     series = _select_series(folder, series_uid)
-    headers = [(f, pydicom.dcmread(f, stop_before_pixels=True, force=True)) for f in series.files]
+    headers = list(zip(series.files, series.headers))
     warns: list[str] = []
 
     f0, h0 = headers[0]
@@ -375,59 +395,49 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
         warns.append(f"{folder}: no PixelSpacing tag; 1.0 mm assumed in-plane")
     row_spacing, col_spacing = ps[0], ps[1]  # DICOM: spacing between rows, then between columns
     geo = _slice_geometry(positions, row, col, min(ps))
-
-    # pixel data: (rows, columns) per slice -> (X = column index, Y = row index) as LoadImage gives it
-    slices = []
-    missing_rescale = []
-    for f, _ in headers:
-        ds = pydicom.dcmread(f, force=True)
-        try:
-            arr = ds.pixel_array
-        except Exception as err:  # pydicom raises several types for undecodable pixel data
-            raise CTInputError(f"{f}: cannot decode the pixel data ({err})") from err
-        slope = getattr(ds, "RescaleSlope", None)
-        intercept = getattr(ds, "RescaleIntercept", None)
-        if slope is None or intercept is None:
-            missing_rescale.append(f.name)
-        hu = arr.astype(np.float32) * np.float32(float(slope) if slope is not None else 1.0)
-        hu += np.float32(float(intercept) if intercept is not None else 0.0)
-        slices.append(hu.T)
-    if missing_rescale:
-        warns.append(
-            f"{folder}: {len(missing_rescale)} of {len(headers)} slices have no RescaleSlope/RescaleIntercept "
-            "tags; their stored values are used unchanged as HU (check that they are HU)"
+    median = geo["increment_median_mm"]
+    spacing_problem = tilt_problem = ""
+    if not geo["uniform"]:
+        spacing_problem = (
+            f"non-uniform slice spacing: increments from {geo['increment_min_mm']:.2f} to "
+            f"{geo['increment_max_mm']:.2f} mm (median {median:.2f} mm; irregular gaps: {geo['irregular_gaps']})"
         )
-    data = np.stack(slices, axis=-1)
+        if geo["n_missing_slices"]:
+            spacing_problem += f"; about {geo['n_missing_slices']} slice(s) missing ({geo['missing_gaps']})"
+        if nonuniform == "error":
+            raise CTInputError(f"{folder}: {spacing_problem}; refusing (nonuniform='error')")
+    if geo["tilted"]:
+        tilt_problem = f"gantry tilt of {geo['gantry_tilt_deg']:.1f} degrees (slice origins drift off the slice normal)"
+        if tilt == "error":
+            raise CTInputError(f"{folder}: {tilt_problem}; refusing (tilt='error')")
+        if tilt == "resample" and spacing_problem and nonuniform == "keep":
+            raise CTInputError(
+                f"{folder}: {tilt_problem} and non-uniform spacing kept; cannot correct the tilt of a "
+                "non-uniform stack (use nonuniform='resample')"
+            )
+
+    data = _read_hu_slices([f for f, _ in headers], folder, warns)
 
     a_row = row * col_spacing  # moving along a row = next column index (X)
     a_col = col * row_spacing  # next row index (Y)
-    n = len(headers)
-    median = geo["increment_median_mm"]
-    if n > 1:
+    if len(headers) > 1:
         total = positions[-1] - positions[0]
         step_dir = total / np.linalg.norm(total)
         step = step_dir * (median / abs(float(np.dot(step_dir, normal))))
     else:
         thickness = _nan_if_none(getattr(h0, "SliceThickness", None))
         step = normal * (thickness if not math.isnan(thickness) else 1.0)
-
-    if not geo["uniform"]:
-        where = geo["irregular_gaps"]
-        desc = (
-            f"non-uniform slice spacing: increments from {geo['increment_min_mm']:.2f} to "
-            f"{geo['increment_max_mm']:.2f} mm (median {median:.2f} mm; irregular gaps: {where})"
-        )
-        if geo["n_missing_slices"]:
-            desc += f"; about {geo['n_missing_slices']} slice(s) missing ({geo['missing_gaps']})"
-        if nonuniform == "error":
-            raise CTInputError(f"{folder}: {desc}; refusing (nonuniform='error')")
+    if spacing_problem:
         if nonuniform == "resample":
-            data, n = _resample_uniform(data, positions, step_dir, np.linalg.norm(step))
-            warns.append(f"{folder}: {desc}; resampled by linear interpolation to a uniform {median:.2f} mm increment")
+            data = _resample_uniform(data, positions, step_dir, float(np.linalg.norm(step)))
+            warns.append(
+                f"{folder}: {spacing_problem}; resampled by linear interpolation to a uniform {median:.2f} mm increment"
+            )
             geo["resampled_uniform"] = True
         else:
-            warns.append(f"{folder}: {desc}; kept as acquired, so the affine (at {median:.2f} mm) is wrong there")
-    geo.setdefault("resampled_uniform", False)
+            warns.append(
+                f"{folder}: {spacing_problem}; kept as acquired, so the affine (at {median:.2f} mm) is wrong there"
+            )
 
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = a_row, a_col, step, positions[0]
@@ -435,7 +445,6 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
 
     tag_tilt = _nan_if_none(getattr(h0, "GantryDetectorTilt", None))
     geo["gantry_tilt_tag_deg"] = tag_tilt
-    geo["gantry_tilt_corrected"] = False
     meta = _base_meta(path, "dicom")
     meta.update(
         kvp=_nan_if_none(getattr(h0, "KVP", None)),
@@ -445,30 +454,52 @@ def _load_dicom(path: Path, series_uid: str | None, tilt: str, nonuniform: str) 
         series_instance_uid=series.uid,
         series_description=series.description,
         modality=series.modality,
-        n_series_in_folder=len(list_dicom_series(folder)) if path.is_dir() else 1,
     )
     image = _make_image(data, affine, meta, warns)
     image.meta["slice_geometry"] = geo
-    if geo["tilted"]:
-        desc = f"gantry tilt of {geo['gantry_tilt_deg']:.1f} degrees (slice origins drift off the slice normal)"
-        if tilt == "error":
-            raise CTInputError(f"{folder}: {desc}; refusing (tilt='error')")
+    if tilt_problem:
         if tilt == "resample":
-            if not geo["uniform"] and nonuniform == "keep":
-                raise CTInputError(
-                    f"{folder}: {desc} and non-uniform spacing kept; cannot correct the tilt of a "
-                    "non-uniform stack (use nonuniform='resample')"
-                )
             image = _untilt(image)
             geo["gantry_tilt_corrected"] = True
             image.meta["slice_geometry"] = geo
             image.meta["ct_warnings"].append(
-                f"{folder}: {desc}; corrected by trilinear resampling onto an untilted grid of "
+                f"{folder}: {tilt_problem}; corrected by trilinear resampling onto an untilted grid of "
                 f"{tuple(image.shape)} voxels"
             )
         else:
-            image.meta["ct_warnings"].append(f"{folder}: {desc}; kept, the affine is sheared")
+            image.meta["ct_warnings"].append(f"{folder}: {tilt_problem}; kept, the affine is sheared")
     return image
+
+
+def _read_hu_slices(files: list[Path], folder: Path, warns: list[str]) -> np.ndarray:
+    """Pixel data of sorted slice files in HU, (X = column index, Y = row index, Z) as LoadImage gives it.
+
+    RescaleSlope/RescaleIntercept are applied per slice; slices without them keep their stored
+    values and a warning says how many.
+    """
+    import pydicom
+
+    slices = []
+    missing_rescale = 0
+    for f in files:
+        ds = pydicom.dcmread(f, force=True)
+        try:
+            arr = ds.pixel_array
+        except Exception as err:  # pydicom raises several types for undecodable pixel data
+            raise CTInputError(f"{f}: cannot decode the pixel data ({err})") from err
+        slope = getattr(ds, "RescaleSlope", None)
+        intercept = getattr(ds, "RescaleIntercept", None)
+        if slope is None or intercept is None:
+            missing_rescale += 1
+        hu = arr.astype(np.float32) * np.float32(float(slope) if slope is not None else 1.0)
+        hu += np.float32(float(intercept) if intercept is not None else 0.0)
+        slices.append(hu.T)
+    if missing_rescale:
+        warns.append(
+            f"{folder}: {missing_rescale} of {len(files)} slices have no RescaleSlope/RescaleIntercept "
+            "tags; their stored values are used unchanged as HU (check that they are HU)"
+        )
+    return np.stack(slices, axis=-1)
 
 
 def _resample_uniform(data: np.ndarray, positions: np.ndarray, step_dir: np.ndarray, step_len: float):
@@ -481,7 +512,7 @@ def _resample_uniform(data: np.ndarray, positions: np.ndarray, step_dir: np.ndar
         j = int(np.clip(np.searchsorted(t, tk, side="right") - 1, 0, len(t) - 2))
         w = float(np.clip((tk - t[j]) / (t[j + 1] - t[j]), 0.0, 1.0))
         out[..., k] = (1.0 - w) * data[..., j] + w * data[..., j + 1]
-    return out, n_out
+    return out
 
 
 def _untilt(image: MetaTensor) -> MetaTensor:
@@ -515,7 +546,7 @@ def _untilt(image: MetaTensor) -> MetaTensor:
     dst[:3, 3] = src[:3, 3] + rot @ (lo * spacing)
     fill = float(image.min())
     src_img = MetaTensor(torch.as_tensor(np.asarray(image.array) - fill)[None], meta={"affine": torch.as_tensor(src)})
-    res = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=True, dtype=np.float64)(
+    res = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=True, dtype=np.float32)(
         src_img, dst_affine=torch.as_tensor(dst), spatial_size=out_shape
     )
     data = np.asarray(res.array[0], dtype=np.float32) + np.float32(fill)
@@ -544,6 +575,8 @@ def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_metaimage(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
+    if path.name.lower().endswith((".raw", ".zraw")):
+        path = _metaimage_header(path) or path
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -614,7 +647,8 @@ def load_ct(
     """Load a CT in HU as a (X, Y, Z) float32 ``MetaTensor`` with its true RAS affine.
 
     Args:
-        path: a DICOM series folder (or one ``.dcm`` of it), a ``.nii``/``.nii.gz`` or ``.mhd``/``.mha``.
+        path: a DICOM series folder (or one ``.dcm`` of it), a ``.nii``/``.nii.gz``, or a MetaImage
+            ``.mhd``/``.mha`` (or the ``.raw`` beside its ``.mhd``).
         series_uid: the SeriesInstanceUID to load when the DICOM folder holds several series.
         tilt: what to do with gantry tilt: ``"resample"`` (default) onto an untilted grid with a
             warning, ``"error"`` to refuse, ``"keep"`` to keep the sheared grid (warning).
@@ -626,8 +660,8 @@ def load_ct(
         A MetaTensor whose meta holds ``affine``, ``spacing`` (third = slice increment),
         ``slice_increment_mm``, ``slice_thickness_mm``, ``kvp``, ``convolution_kernel``,
         ``manufacturer``, ``series_instance_uid``, ``filename_or_obj``, ``format``, ``ct_warnings``
-        and, for DICOM, ``slice_geometry`` (the acquired slice positions analysed: increments,
-        irregular gaps, missing slices, gantry tilt).
+        and ``slice_geometry`` (for DICOM the acquired slice positions analysed: increments,
+        irregular gaps, missing slices, gantry tilt; for NIfTI/MetaImage what the affine tells).
 
     Raises:
         CTInputError: unreadable or unsupported input, several DICOM series and no ``series_uid``,
@@ -650,12 +684,17 @@ def load_ct(
     warns: list[str] = []
     image = _make_image(data, affine, _base_meta(path, fmt), warns)
     angle = tilt_from_affine(affine)
+    image.meta["slice_geometry"] = _empty_geometry(data.shape[2], image.meta["slice_increment_mm"], angle)
+    image.meta["slice_geometry"]["tilted"] = bool(angle > 0.1)
     if angle > 0.1:
         desc = f"sheared affine: the slices are stacked {angle:.1f} degrees off their normal (gantry tilt)"
         if tilt == "error":
             raise CTInputError(f"{path}: {desc}; refusing (tilt='error')")
         if tilt == "resample":
+            geo = image.meta["slice_geometry"]
             image = _untilt(image)
+            geo["gantry_tilt_corrected"] = True
+            image.meta["slice_geometry"] = geo
             image.meta["ct_warnings"].append(f"{path}: {desc}; corrected by resampling onto an untilted grid")
         else:
             image.meta["ct_warnings"].append(f"{path}: {desc}; kept")
@@ -677,7 +716,9 @@ def load_label(path: str | os.PathLike, like: MetaTensor, series_uid: str | None
         label = _load_dicom(path, series_uid, tilt="keep", nonuniform="keep")
     else:
         data, affine = _load_nifti(path) if fmt == "nifti" else _load_metaimage(path)
-        label = _make_image(_squeeze_to_3d(data, path), affine, _base_meta(path, fmt), [])
+        data = _squeeze_to_3d(data, path)
+        label = _make_image(data, affine, _base_meta(path, fmt), [])
+        label.meta["slice_geometry"] = _empty_geometry(data.shape[2], label.meta["slice_increment_mm"])
     assert_same_grid(like, label)
     return label
 
@@ -698,8 +739,9 @@ def assert_same_grid(image, label, atol: float = 1e-3) -> None:
 class LoadCT(Transform):
     """Array transform: a path (str / PathLike) -> HU ``MetaTensor`` via :func:`load_ct`.
 
-    Usable as the first transform of a MONAI ``Compose``. A tensor or array already loaded is passed
-    through unchanged (a MetaTensor) or wrapped (an array, identity affine, with a warning).
+    Usable as the first transform of a MONAI ``Compose``. A list of DICOM files of one folder loads
+    the series of the first file. A tensor or array already loaded is passed through unchanged (a
+    MetaTensor) or wrapped (an array, identity affine, with a warning).
     """
 
     def __init__(self, series_uid: str | None = None, tilt: str = "resample", nonuniform: str = "resample") -> None:
@@ -713,9 +755,13 @@ class LoadCT(Transform):
         if isinstance(path, (np.ndarray, torch.Tensor)):
             warnings.warn("LoadCT got an array, not a path: identity affine assumed", stacklevel=2)
             data = np.asarray(path, dtype=np.float32)
-            return _make_image(data, np.eye(4), _base_meta(Path("<array>"), "array"), ["array input: identity affine"])
+            image = _make_image(data, np.eye(4), _base_meta(Path("<array>"), "array"), ["array input: identity affine"])
+            image.meta["slice_geometry"] = _empty_geometry(data.shape[-1], 1.0)
+            return image
         if isinstance(path, (list, tuple)) and len(path) == 1:
             path = path[0]
+        elif isinstance(path, (list, tuple)) and path and len({Path(p).parent for p in path}) == 1:
+            path = path[0]  # the files of one DICOM series (as MONAI Label may pass them): load its series
         if not isinstance(path, (str, os.PathLike)):
             raise CTInputError(f"LoadCT expects a file or folder path, got {type(path).__name__}")
         return load_ct(path, self.series_uid, tilt=self.tilt, nonuniform=self.nonuniform)
@@ -739,9 +785,7 @@ class LoadCTd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.label_keys = (label_keys,) if isinstance(label_keys, (str, Hashable)) and not isinstance(
-            label_keys, (list, tuple)
-        ) else tuple(label_keys)
+        self.label_keys = ensure_tuple(label_keys)
         self.loader = LoadCT(series_uid, tilt=tilt, nonuniform=nonuniform)
 
     def __call__(self, data) -> dict:

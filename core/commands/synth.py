@@ -37,8 +37,8 @@ def add_parser(subparsers):
     parser.add_argument("--cases", type=int, default=4, help="number of cases (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default=None, help="file layout (default nifti)")
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None, help="array shape override")
-    parser.add_argument("--small", action="store_true", help="small fast cases (the generator's small preset)")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None, help="array shape override (the protocol's voxel size is kept: a smaller field of view)")
+    parser.add_argument("--small", action="store_true", help="small fast cases: a coarse grid over the protocol's field of view")
     parser.add_argument("--folds", type=int, default=None, help="cross-validation folds in the datalist")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run)
@@ -67,18 +67,54 @@ def _writer(layout: str):
 
 
 def _truth_row(case, index: int, seed: int, path: str) -> dict:
+    """One CSV row: the case, then every scalar of its truth, then per-artery / per-label scores."""
     t = case.truth or {}
     row = {"case_id": case.case_id, "index": index, "seed": seed, "kind": case.kind, "patient_id": case.meta.get("patient_id", "")}
-    for key in ("agatston", "volume_mm3", "mass_mg", "n_lesions", "risk_category", "cac_drs", "chest_ct_category", "total_mm3", "lesion_volume_mm3"):
-        if key in t:
-            row[key] = t[key]
+    if "slab" in case.meta:
+        row["slab"] = case.meta["slab"]
+    for key, value in t.items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            row[key] = value
     for name, entry in (t.get("per_artery") or {}).items():
         row[f"{name}_agatston"] = entry.get("agatston")
         row[f"{name}_volume_mm3"] = entry.get("volume_mm3")
     for name, vol in (t.get("per_label") or {}).items():
-        row[f"{name}_mm3"] = vol if not isinstance(vol, dict) else vol.get("volume_mm3")
+        row[f"{name}_mm3"] = vol.get("volume_mm3") if isinstance(vol, dict) else vol
     row["file"] = path
     return row
+
+
+SMALL_OPTIONS = {
+    "chest": {"small": True},
+    "cardiac": {"small": True},
+    "head": {"shape": (128, 128, 56), "spacing": (1.8, 1.8, 2.5)},  # the 230 x 230 x 140 mm head field on a coarse grid
+    "ctp": {"shape_xy": (64, 64)},  # the generator keeps the field of view
+}
+
+
+def generator_options(kind: str, shape=None, small: bool = False) -> dict:
+    """Keyword options of ``kind``'s generator for ``--shape`` and ``--small``."""
+    options = dict(SMALL_OPTIONS[kind]) if small else {}
+    if shape is not None:
+        shape = tuple(int(n) for n in shape)
+        if kind == "ctp":
+            options.update(shape_xy=shape[:2], n_slices=shape[2])
+        else:
+            options["shape"] = shape
+            if kind in ("chest", "cardiac") and small:
+                options.pop("small", None)
+            if kind == "head":
+                options.pop("spacing", None)
+    return options
+
+
+def _cases_of(kind: str, seed: int, options: dict):
+    """The cases of one cohort member: one case, or every slab of a CTP patient."""
+    from ctbundles.synthetic.registry import generate, resolve_generator
+
+    if kind == "ctp":
+        return list(resolve_generator("ctbundles.synthetic.ctp:generate_ctp_patient")(seed, **options))
+    return [generate(kind, seed, **options)]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -95,9 +131,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, folds=None, progress=True) -> dict:
-    """Generate and write a cohort; returns {"datalist": path, "truth_csv": path, "cases": [...]}."""
-    from ctbundles.synthetic.registry import generate
+    """Generate and write a cohort of ``cases`` members; returns {"datalist", "truth_csv", "cases"}.
 
+    A member is one scan, except for ``ctp`` where it is one patient with one or two slabs (each
+    slab its own case, as in ISLES 2018).
+    """
     layout = layout or DEFAULT_LAYOUT[kind]
     if kind not in LAYOUTS[layout]:
         raise CTInputError(f"layout {layout} holds {', '.join(LAYOUTS[layout])} cases, not {kind}")
@@ -106,33 +144,41 @@ def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, f
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     writer = _writer(layout)
-    options = {}
-    if shape is not None:
-        options["shape"] = tuple(int(n) for n in shape)
-    if small:
-        options["small"] = True
+    options = generator_options(kind, shape, small)
     rows, records = [], []
+    label_names: dict = {}
+    number = 0
     for i in range(int(cases)):
         t0 = time.perf_counter()
         s = case_seed(seed, i)
-        case = generate(kind, s, case_id=f"{kind}_{i:03d}", **options)
-        if layout == "orcascore":
-            paths = writer.write_case(case, out, vendor=i % 4 + 1, patient=i // 4 + 1)
-        else:
-            paths = writer.write_case(case, out)
-        image_path = str(paths["image"]) if isinstance(paths, dict) and "image" in paths else ""
-        rows.append(_truth_row(case, i, s, image_path))
-        records.append({"case_id": case.case_id, "seed": s, "paths": {k: str(v) for k, v in (paths or {}).items()}})
-        if progress:
-            score = case.truth.get("agatston", case.truth.get("total_mm3", ""))
-            print(f"[{i + 1}/{cases}] {case.case_id} seed {s} shape {tuple(case.image.shape)} truth {score} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        for case in _cases_of(kind, s, options):
+            suffix = case.meta.get("slab", "") if case.meta.get("n_slabs", 1) > 1 else ""
+            case.case_id = f"{kind}_{i:03d}{suffix}"
+            label_names = dict(case.label_names)
+            number += 1
+            if layout == "orcascore":
+                paths = writer.write_case(case, out, vendor=i % 4 + 1, patient=i // 4 + 1)
+            elif layout == "isles2018":
+                paths = {"image": writer.write_case(case, out, case_number=number)}
+            else:
+                paths = writer.write_case(case, out)
+            rows.append(_truth_row(case, i, s, str(paths.get("image", ""))))
+            records.append({"case_id": case.case_id, "seed": s, "paths": {k: str(v) for k, v in paths.items()}})
+            if progress:
+                score = case.truth.get("agatston", case.truth.get("total_mm3", case.truth.get("lesion_volume_ml", "")))
+                print(
+                    f"[{i + 1}/{cases}] {case.case_id} seed {s} shape {tuple(case.image.shape)} truth {score} "
+                    f"({time.perf_counter() - t0:.1f} s)",
+                    file=sys.stderr,
+                )
+    kwargs = {} if folds is None else {"folds": int(folds)}
+    if layout == "nifti" and label_names:
+        kwargs["label_names"] = label_names
     if hasattr(writer, "write_datalist"):
-        kwargs = {} if folds is None else {"folds": int(folds)}
         datalist = writer.write_datalist(out, **kwargs)
     else:
         from ctbundles.datasets.datalist_io import write_datalist_json
 
-        kwargs = {} if folds is None else {"folds": int(folds)}
         datalist = write_datalist_json(writer.build_datalist(out, **kwargs), out / "datalist.json")
     csv_path = out / "truth.csv"
     _write_csv(csv_path, rows)

@@ -98,3 +98,40 @@ def test_never_writes_over_an_input(tmp_path):
     with pytest.raises(ValueError, match="over an input"):
         run_engine([[item]], CalciumScoreHandler(tmp_path), CalciumScored())
     assert source.read_text() == "input"
+
+
+def test_with_a_monai_evaluator_and_postprocessing(tmp_path):
+    """The bundles' path: SupervisedEvaluator -> decollate -> ThresholdMaskHUd + CalciumScored -> handler."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.transforms import AsDiscreted, Compose
+
+    from ctbundles.transforms.calcium_transforms import ThresholdMaskHUd
+
+    class MaskAbove100(torch.nn.Module):
+        """Stands in for a network: 2-class logits, foreground where the image exceeds 100 HU."""
+
+        def forward(self, x):
+            fg = (x > 100).float()
+            return torch.cat([1 - fg, fg], dim=1)
+
+    items = []
+    for name, value, n in [("p1", 250.0, 4), ("p2", 120.0, 4)]:  # p2: 120 HU is predicted but below 130
+        item = make_item(name, value, n)
+        items.append({"image": item["image"][None]})
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(items), batch_size=2),
+        network=MaskAbove100(),
+        postprocessing=Compose(
+            [
+                AsDiscreted(keys="pred", argmax=True),
+                ThresholdMaskHUd(keys="pred", image_key="image"),
+                CalciumScored(image_key="image", label_key="pred"),
+            ]
+        ),
+        val_handlers=[CalciumScoreHandler(tmp_path)],
+    )
+    evaluator.run()
+    rows = read_rows(tmp_path / "scores.csv")
+    assert [(r["case"], float(r["agatston"])) for r in rows] == [("p1", 8.0), ("p2", 0.0)]

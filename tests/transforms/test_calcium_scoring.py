@@ -463,3 +463,15 @@ def test_vectorised_on_a_full_size_volume():
     assert report["n_lesions"] == 300
     assert report["agatston"] == pytest.approx(float(np.sum(1.44 * agatston_weight(values))))
     assert elapsed < 6.0, f"scoring took {elapsed:.2f} s"
+
+
+def test_float_label_as_loaded_is_accepted():
+    # load_label returns float32 class values; they score like the integer label.
+    hu, lab = empty()
+    put(hu, lab, np.s_[3:5, 3:5, 1], 250.0, label=2)
+    params = CalciumScoreParams(artery_labels={"LCX": 2})
+    as_float = score_calcium(hu, lab.astype(np.float32), SPACING, params=params)
+    assert as_float["per_artery"]["LCX"]["agatston"] == pytest.approx(8.0)
+    assert as_float == score_calcium(hu, lab, SPACING, params=params)
+    with pytest.raises(ValueError, match="negative"):
+        score_calcium(hu, -lab.astype(np.float32), SPACING)
