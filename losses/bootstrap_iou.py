@@ -47,30 +47,40 @@ class BootstrapLoss(_Loss):
 
         L_boot = -1/N * sum_i [ alpha * y_i * log p_i1 + beta * (1 - y_i) * 1(p_i0 < t) * log p_i0 ]
 
-    over the N pixels of the mini-batch: every positive pixel, and only the negatives that are still
+    over the pixels of the mini-batch: every positive pixel, and only the negatives that are still
     hard (predicted background probability below ``threshold``). The selection is not
-    differentiated.
+    differentiated. The paper calls N "the pixels to predict"; by default (``normalize="selected"``)
+    N counts the pixels that enter the sum (positives and hard negatives), as in bootstrapped
+    cross entropy (Wu et al. 2016), so that once the easy background is dropped the positives weigh
+    more; ``normalize="all"`` divides by every pixel of the mini-batch.
 
     Args:
         threshold: t, background probability above which a negative pixel is dropped (0.9).
         alpha: weight of the positive (calcium) pixels (5.0).
         beta: weight of the retained negative pixels (1.0).
+        normalize: "selected" (default) or "all", the N of the formula.
     """
 
-    def __init__(self, threshold: float = 0.9, alpha: float = 5.0, beta: float = 1.0) -> None:
+    def __init__(self, threshold: float = 0.9, alpha: float = 5.0, beta: float = 1.0, normalize: str = "selected") -> None:
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if normalize not in ("selected", "all"):
+            raise ValueError(f"normalize must be 'selected' or 'all', got {normalize!r}")
         self.threshold = float(threshold)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.normalize = normalize
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """input: logits (B, 2, H, W[, D]); target: binary label (B, 1, ...) or (B, ...)."""
         logp, y = _probs_and_target(input, target)
         hard_neg = (logp[:, 0].detach().exp() < self.threshold).float() * (1.0 - y)
         per_pixel = self.alpha * y * logp[:, 1] + self.beta * hard_neg * logp[:, 0]
-        return -per_pixel.mean()
+        if self.normalize == "all":
+            return -per_pixel.mean()
+        n_selected = (y + hard_neg).sum().clamp_min(1.0)
+        return -per_pixel.sum() / n_selected
 
 
 class ExponentialIoULoss(_Loss):
@@ -107,14 +117,15 @@ class BootstrapIoULoss(_Loss):
         beta: negative-pixel coefficient (1.0).
         iou_weight: weight of the exponential IoU term (1.0).
         smooth: IoU smoothing (1.0).
+        normalize: N of the bootstrap term, "selected" pixels (default) or "all".
     """
 
     def __init__(
         self, threshold: float = 0.9, alpha: float = 5.0, beta: float = 1.0, iou_weight: float = 1.0,
-        smooth: float = 1.0,
+        smooth: float = 1.0, normalize: str = "selected",
     ) -> None:
         super().__init__()
-        self.bootstrap = BootstrapLoss(threshold=threshold, alpha=alpha, beta=beta)
+        self.bootstrap = BootstrapLoss(threshold=threshold, alpha=alpha, beta=beta, normalize=normalize)
         self.iou = ExponentialIoULoss(smooth=smooth)
         self.iou_weight = float(iou_weight)
 

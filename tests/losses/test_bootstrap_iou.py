@@ -19,18 +19,25 @@ TARGET = torch.tensor([1, 0, 0, 0]).view(1, 1, 1, 4)
 
 
 @pytest.mark.parametrize("alpha,beta", [(5.0, 1.0), (1.0, 1.0), (2.0, 0.5)])
-def test_bootstrap_hand_computed(alpha, beta):
-    expected = -(alpha * math.log(0.75) + beta * (math.log(0.5) + math.log(0.25))) / 4
-    got = BootstrapLoss(threshold=0.9, alpha=alpha, beta=beta)(LOGITS, TARGET)
+@pytest.mark.parametrize("normalize,n", [("selected", 3), ("all", 4)])
+def test_bootstrap_hand_computed(alpha, beta, normalize, n):
+    # selected pixels: a, c, d (3); all pixels: 4
+    expected = -(alpha * math.log(0.75) + beta * (math.log(0.5) + math.log(0.25))) / n
+    got = BootstrapLoss(threshold=0.9, alpha=alpha, beta=beta, normalize=normalize)(LOGITS, TARGET)
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
 def test_bootstrap_threshold_selects_hard_negatives():
     # t = 0.99 keeps pixel b (p0 = 0.95) as well; t = 0.4 drops c (0.5) and keeps only d (0.25)
     keep_all = -(math.log(0.75) + math.log(0.95) + math.log(0.5) + math.log(0.25)) / 4
-    only_d = -(math.log(0.75) + math.log(0.25)) / 4
+    only_d = -(math.log(0.75) + math.log(0.25)) / 2  # a and d selected
     assert float(BootstrapLoss(0.99, 1.0, 1.0)(LOGITS, TARGET)) == pytest.approx(keep_all, rel=1e-5)
     assert float(BootstrapLoss(0.4, 1.0, 1.0)(LOGITS, TARGET)) == pytest.approx(only_d, rel=1e-5)
+
+
+def test_bootstrap_all_easy_background_is_zero():
+    easy = torch.tensor([10.0, -10.0]).view(1, 2, 1, 1).expand(1, 2, 3, 3)
+    assert float(BootstrapLoss()(easy, torch.zeros(1, 1, 3, 3))) == 0.0
 
 
 def test_bootstrap_with_one_threshold_is_weighted_cross_entropy():
@@ -66,7 +73,7 @@ def test_exponential_iou_limits():
 
 @pytest.mark.parametrize("iou_weight", [0.0, 1.0, 0.5])
 def test_combined(iou_weight):
-    boot = -(5 * math.log(0.75) + math.log(0.5) + math.log(0.25)) / 4
+    boot = -(5 * math.log(0.75) + math.log(0.5) + math.log(0.25)) / 3
     iou = math.exp(1 - 1.75 / 3.3) - 1
     got = BootstrapIoULoss(threshold=0.9, alpha=5.0, beta=1.0, iou_weight=iou_weight)(LOGITS, TARGET)
     assert float(got) == pytest.approx(boot + iou_weight * iou, rel=1e-5)
@@ -75,6 +82,9 @@ def test_combined(iou_weight):
 def test_defaults_and_bad_input():
     loss = BootstrapIoULoss()
     assert (loss.bootstrap.threshold, loss.bootstrap.alpha, loss.bootstrap.beta, loss.iou_weight) == (0.9, 5.0, 1.0, 1.0)
+    assert loss.bootstrap.normalize == "selected"
+    with pytest.raises(ValueError, match="normalize"):
+        BootstrapLoss(normalize="mean")
     with pytest.raises(ValueError, match="logits"):
         loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="does not match"):
