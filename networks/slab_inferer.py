@@ -80,9 +80,11 @@ class SlabInferer(Inferer):
             chunks: list[torch.Tensor] = []
             for start in range(0, nz, self.batch_size):
                 sel = idx[start : start + self.batch_size]  # (n, slab)
-                stack = vol[..., sel.flatten()].reshape(c, nx, ny, sel.shape[0], self.slab_size)
-                stack = stack.permute(3, 0, 4, 1, 2).reshape(sel.shape[0], c * self.slab_size, nx, ny)
-                stack = stack.to(device=device, dtype=torch.float32)
+                lo, hi = int(sel.min()), int(sel.max())
+                # one contiguous, slice-major copy of the slices this batch needs, then cheap indexing
+                block = vol[..., lo : hi + 1].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)
+                stack = block.contiguous()[(sel - lo).to(device)]  # (n, slab, C, X, Y)
+                stack = stack.transpose(1, 2).reshape(sel.shape[0], c * self.slab_size, nx, ny)
                 if self.in_plane_size is not None and tuple(stack.shape[-2:]) != self.in_plane_size:
                     stack = F.interpolate(stack, size=self.in_plane_size, mode="bilinear", align_corners=False)
                 pred = network(stack, *args, **kwargs)

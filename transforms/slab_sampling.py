@@ -33,16 +33,29 @@ def slab_indices(centre: int, n_slices: int, slab_size: int = 9) -> list[int]:
 
 def extract_slab(volume, centre: int, slab_size: int = 9):
     """(C, X, Y, Z) volume -> (C * slab_size, X, Y) stack of the slices around ``centre``, channel
-    order c-major then slice (for C = 1: slice ``centre - 4`` ... ``centre + 4``)."""
+    order c-major then slice (for C = 1: slice ``centre - 4`` ... ``centre + 4``).
+
+    The slices are read as one contiguous range (a view) and only the out-of-volume ones are
+    replicated, which is two orders of magnitude faster than a fancy-index gather on a volume whose
+    slice axis is the last (fastest-varying) one."""
     if volume.ndim != 4:
         raise ValueError(f"expected a (C, X, Y, Z) volume, got shape {tuple(volume.shape)}")
-    idx = slab_indices(int(centre), int(volume.shape[-1]), slab_size)
+    n = int(volume.shape[-1])
+    idx = slab_indices(int(centre), n, slab_size)
+    lo, hi = idx[0], idx[-1]
+    half = slab_size // 2
+    before, after = max(half - int(centre), 0), max(int(centre) + half - (n - 1), 0)
     if isinstance(volume, torch.Tensor):
-        stack = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
-        out = stack[..., torch.as_tensor(idx, device=stack.device)]
-        return out.permute(0, 3, 1, 2).reshape(-1, *stack.shape[1:3])
-    out = np.asarray(volume)[..., idx]
-    return np.ascontiguousarray(np.moveaxis(out, -1, 1).reshape(-1, *volume.shape[1:3]))
+        v = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
+        block = v[..., lo : hi + 1]
+        if before or after:
+            block = torch.cat([block[..., :1]] * before + [block] + [block[..., -1:]] * after, dim=-1)
+        return block.permute(0, 3, 1, 2).reshape(-1, *v.shape[1:3])
+    a = np.asarray(volume)
+    block = a[..., lo : hi + 1]
+    if before or after:
+        block = np.concatenate([block[..., :1]] * before + [block] + [block[..., -1:]] * after, axis=-1)
+    return np.ascontiguousarray(np.moveaxis(block, -1, 1).reshape(-1, *a.shape[1:3]))
 
 
 class ExtractSlab(Transform):

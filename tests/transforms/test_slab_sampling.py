@@ -46,3 +46,15 @@ def test_extract_slabd_label_is_centre_slice():
     assert d["label"].sum() == 4
     assert d["image"][:, 0, 0].tolist() == [0, 0, 1, 2, 3, 4, 4, 4, 4]
     assert ExtractSlab(3)(img, 0)[:, 0, 0].tolist() == [0, 0, 1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9, 12])
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_extract_slab_equals_index_gather(n, as_torch):
+    rng = np.random.default_rng(n)
+    vol = rng.normal(size=(2, 3, 4, n)).astype(np.float32)
+    for centre in range(n):
+        idx = slab_indices(centre, n)
+        expected = np.moveaxis(vol[..., idx], -1, 1).reshape(18, 3, 4)
+        got = extract_slab(torch.as_tensor(vol) if as_torch else vol, centre)
+        assert np.array_equal(np.asarray(got), expected)
