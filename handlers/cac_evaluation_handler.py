@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from monai.data import MetaTensor
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from ctbundles.metrics.cac_evaluation import confusion_counts, summarize_cohort
+from ctbundles.metrics.cac_evaluation import confusion_counts, lesion_counts, summarize_cohort
 from ctbundles.transforms.score_report import atomic_write_text, case_id
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -62,6 +62,8 @@ class CACEvaluationHandler:
         ref_report_key: key of the reference report.
         image_key: key whose metadata names the case.
         output_transform: maps ``engine.state.output`` to the items.
+        lesion_connectivity: connectivity of lesions for the lesion-level counts (1: 6-connected in
+            3D, the orCaScore protocol).
     """
 
     def __init__(
@@ -74,7 +76,9 @@ class CACEvaluationHandler:
         ref_report_key: str = "calcium_score_ref",
         image_key: str = "image",
         output_transform: Callable[[Any], Any] = lambda x: x,
+        lesion_connectivity: int = 1,
     ) -> None:
+        self.lesion_connectivity = int(lesion_connectivity)
         self.output_dir = Path(output_dir)
         self.summary_file = summary_file
         self.cohort = cohort
@@ -110,8 +114,12 @@ class CACEvaluationHandler:
         for name, (mask_key, report_key) in self.variants.items():
             if mask_key not in item:
                 continue
-            tp, fp, fn = confusion_counts(_array(item[mask_key]), truth)
+            pred = _array(item[mask_key])
+            tp, fp, fn = confusion_counts(pred, truth)
             rec.update({f"tp_{name}": tp, f"fp_{name}": fp, f"fn_{name}": fn})
+            detected, n_ref, true, n_pred = lesion_counts(pred, truth, self.lesion_connectivity)
+            rec.update({f"lesions_detected_{name}": detected, f"lesions_ref_{name}": n_ref,
+                        f"lesions_true_{name}": true, f"lesions_pred_{name}": n_pred})
             rec[f"agatston_{name}"] = float(item[report_key]["agatston"])
         return rec
 

@@ -10,6 +10,8 @@ import pytest
 from ctbundles.metrics.cac_evaluation import (
     category_accuracy,
     confusion_counts,
+    lesion_counts,
+    lesion_detection,
     icc_absolute_agreement,
     precision_recall_f1,
     risk_category_index,
@@ -90,3 +92,24 @@ def test_summarize_cohort():
     assert raw["risk_category_accuracy"] == pytest.approx(2 / 3) and post["risk_category_accuracy"] == 1.0
     assert post["risk_category_kappa_linear"] == pytest.approx(1.0)
     assert post["agatston_icc"] == pytest.approx(icc_absolute_agreement([[0, 0], [50, 50], [500, 410]]))
+
+
+def test_lesion_counts_and_detection():
+    truth = np.zeros((1, 8, 8, 3), int)
+    truth[0, 1:3, 1:3, 1] = 1  # lesion A
+    truth[0, 5, 5, 0:2] = 1  # lesion B (two slices, 6-connected)
+    truth[0, 0, 7, 2] = 1  # lesion C
+    pred = np.zeros_like(truth)
+    pred[0, 2, 2, 1] = 1  # hits A
+    pred[0, 5, 5, 1] = 1  # hits B
+    pred[0, 7, 0, 0] = 1  # false positive
+    assert lesion_counts(pred, truth) == (2, 3, 2, 3)
+    d = lesion_detection(2, 3, 2, 3)
+    assert d["sensitivity"] == pytest.approx(2 / 3) and d["ppv"] == pytest.approx(2 / 3) and d["f1"] == pytest.approx(2 / 3)
+    # diagonal neighbours: two 6-connected lesions but one 26-connected lesion
+    diag = np.zeros((3, 3, 3), int)
+    diag[0, 0, 0] = diag[1, 1, 1] = 1
+    assert lesion_counts(diag, diag, connectivity=1) == (2, 2, 2, 2)
+    assert lesion_counts(diag, diag, connectivity=3) == (1, 1, 1, 1)
+    assert lesion_detection(0, 0, 0, 0) == {"sensitivity": 1.0, "ppv": 1.0, "f1": 1.0}
+    assert lesion_detection(0, 2, 0, 1)["f1"] == 0.0
