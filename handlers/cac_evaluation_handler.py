@@ -131,7 +131,8 @@ class CACEvaluationHandler:
 
     def write(self, engine: Engine | None = None) -> Path:
         self.summary = {"cohort": self.cohort, **summarize_cohort(self.records), "cases": self.records}
-        path = atomic_write_text(self.output_dir / self.summary_file, json.dumps(_finite_or_none(self.summary), indent=2, allow_nan=False) + "\n")
+        text = json.dumps(_finite_or_none(self.summary), indent=2, allow_nan=False) + "\n"
+        path = atomic_write_text(self.output_dir / self.summary_file, text)
         if engine is not None:
             for name in self.variants:
                 for key, value in self.summary.get(name, {}).items():

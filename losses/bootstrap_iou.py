@@ -20,8 +20,6 @@ the bundle README, and exposed as config values (``loss_threshold``, ``loss_alph
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
@@ -61,7 +59,9 @@ class BootstrapLoss(_Loss):
         normalize: "selected" (default) or "all", the N of the formula.
     """
 
-    def __init__(self, threshold: float = 0.9, alpha: float = 5.0, beta: float = 1.0, normalize: str = "selected") -> None:
+    def __init__(
+        self, threshold: float = 0.9, alpha: float = 5.0, beta: float = 1.0, normalize: str = "selected"
+    ) -> None:
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")

@@ -185,7 +185,9 @@ def summarize_cohort(cases: Sequence[Mapping]) -> dict:
         fn = sum(int(c[f"fn_{variant}"]) for c in cases)
         pred = [float(c[f"agatston_{variant}"]) for c in cases]
         pred_cat = [risk_category_index(s) for s in pred]
-        per_case = [precision_recall_f1(c[f"tp_{variant}"], c[f"fp_{variant}"], c[f"fn_{variant}"])["f1"] for c in cases]
+        per_case = [
+            precision_recall_f1(c[f"tp_{variant}"], c[f"fp_{variant}"], c[f"fn_{variant}"])["f1"] for c in cases
+        ]
         lesions = {}
         if f"lesions_detected_{variant}" in cases[0]:
             lesions = lesion_detection(*(sum(int(c[f"{k}_{variant}"]) for c in cases)

@@ -41,7 +41,8 @@ class CTProtocolGuard(Transform):
         name = meta.get("filename_or_obj", "<in-memory image>")
         stop = [f for f in findings if f.code in self.refuse]
         if stop:
-            raise CTInputError(f"{name}: refused for calcium scoring: " + " ".join(f"[{f.code}] {f.message}" for f in stop))
+            problems = " ".join(f"[{f.code}] {f.message}" for f in stop)
+            raise CTInputError(f"{name}: refused for calcium scoring: {problems}")
         notes = [f"[{f.code}] {f.message}" for f in findings if f.severity in ("error", "warning")]
         for note in notes:
             logger.warning("%s: %s", name, note)

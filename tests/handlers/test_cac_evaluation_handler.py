@@ -49,7 +49,8 @@ def test_handler_writes_summary(tmp_path):
     assert (a["tp_raw"], a["fp_raw"], a["fn_raw"]) == (1, 1, 1)
     assert (a["tp_post"], a["fp_post"], a["fn_post"]) == (1, 0, 1)
     # lesions (6-connected): reference a has 2 one-voxel lesions; raw hits one and adds one elsewhere
-    assert (a["lesions_detected_raw"], a["lesions_ref_raw"], a["lesions_true_raw"], a["lesions_pred_raw"]) == (1, 2, 1, 2)
+    counts = [a[f"lesions_{k}_raw"] for k in ("detected", "ref", "true", "pred")]
+    assert counts == [1, 2, 1, 2]
     # pooled raw lesions: detected 1 of 2, true 1 of 3 predicted (case b adds a false one) -> F1 of 1/2 and 1/3
     assert data["raw"]["lesion_f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
     # pooled raw: TP 1, FP 2, FN 1 -> F1 2/5; post: TP 1, FP 0, FN 1 -> 2/3

@@ -81,7 +81,8 @@ def test_combined(iou_weight):
 
 def test_defaults_and_bad_input():
     loss = BootstrapIoULoss()
-    assert (loss.bootstrap.threshold, loss.bootstrap.alpha, loss.bootstrap.beta, loss.iou_weight) == (0.9, 5.0, 1.0, 1.0)
+    boot = loss.bootstrap
+    assert (boot.threshold, boot.alpha, boot.beta, loss.iou_weight) == (0.9, 5.0, 1.0, 1.0)
     assert loss.bootstrap.normalize == "selected"
     with pytest.raises(ValueError, match="normalize"):
         BootstrapLoss(normalize="mean")

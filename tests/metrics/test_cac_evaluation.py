@@ -105,7 +105,7 @@ def test_lesion_counts_and_detection():
     pred[0, 7, 0, 0] = 1  # false positive
     assert lesion_counts(pred, truth) == (2, 3, 2, 3)
     d = lesion_detection(2, 3, 2, 3)
-    assert d["sensitivity"] == pytest.approx(2 / 3) and d["ppv"] == pytest.approx(2 / 3) and d["f1"] == pytest.approx(2 / 3)
+    assert d == pytest.approx({"sensitivity": 2 / 3, "ppv": 2 / 3, "f1": 2 / 3})
     # diagonal neighbours: two 6-connected lesions but one 26-connected lesion
     diag = np.zeros((3, 3, 3), int)
     diag[0, 0, 0] = diag[1, 1, 1] = 1

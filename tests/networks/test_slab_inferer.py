@@ -52,7 +52,8 @@ def test_edge_slices_replicated():
     vol = torch.arange(6, dtype=torch.float32).view(1, 1, 1, 1, 6).expand(1, 1, 2, 2, 6).clone()
     out = SlabInferer(batch_size=3)(vol, ChannelIndexNet())
     w = torch.arange(1, 10, dtype=torch.float32)
-    for z, stack in [(0, [0, 0, 0, 0, 0, 1, 2, 3, 4]), (5, [1, 2, 3, 4, 5, 5, 5, 5, 5]), (3, [0, 0, 1, 2, 3, 4, 5, 5, 5])]:
+    expected = {0: [0, 0, 0, 0, 0, 1, 2, 3, 4], 5: [1, 2, 3, 4, 5, 5, 5, 5, 5], 3: [0, 0, 1, 2, 3, 4, 5, 5, 5]}
+    for z, stack in expected.items():
         assert float(out[0, 1, 0, 0, z]) == float((w * torch.tensor(stack, dtype=torch.float32)).sum())
 
 
