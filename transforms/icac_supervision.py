@@ -20,7 +20,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["SupervisionMask", "SupervisionMaskd", "HUThreshold", "HUThresholdd"]
+__all__ = ["SupervisionMask", "SupervisionMaskd", "HUThreshold", "HUThresholdd", "SplitSides", "SplitSidesd"]
 
 
 def _check_same_shape(a, b, what: str) -> None:
@@ -100,4 +100,52 @@ class HUThresholdd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.op(d[key], d[self.image_key])
+        return d
+
+
+class SplitSides(Transform):
+    """Label a binary ICAC segmentation by side: 1 = left, 2 = right carotid (the project's head labels).
+
+    The paper segments ICAC as one class; the ICAC volume is reported "per side when the sides are
+    separable". A voxel whose world x (RAS, mm; +x towards the patient's right) is above
+    ``midline_x_mm`` is right, otherwise left. In the registered network frame (the reference head,
+    whose head frame is the world frame) the mid-sagittal plane is x = 0; ``None`` uses the world x
+    of the volume centre, which is the midline only for a head centred in the field of view.
+
+    Args:
+        midline_x_mm: world x of the mid-sagittal plane (mm), or None (the volume centre).
+    """
+
+    def __init__(self, midline_x_mm: float | None = None):
+        self.midline_x_mm = midline_x_mm
+
+    def __call__(self, seg):
+        affine = np.asarray(seg.affine if hasattr(seg, "affine") else np.eye(4), dtype=np.float64)
+        spatial = seg.shape[-3:]
+        idx = [np.arange(n, dtype=np.float64) for n in spatial]
+        world_x = (affine[0, 0] * idx[0][:, None, None] + affine[0, 1] * idx[1][None, :, None]
+                   + affine[0, 2] * idx[2][None, None, :] + affine[0, 3])
+        if self.midline_x_mm is None:
+            centre = (np.asarray(spatial, dtype=np.float64) - 1) / 2
+            midline = float(affine[0, :3] @ centre + affine[0, 3])
+        else:
+            midline = float(self.midline_x_mm)
+        side = np.where(world_x > midline, 2, 1)
+        if isinstance(seg, torch.Tensor):
+            side_t = torch.as_tensor(side, device=seg.device, dtype=seg.dtype)
+            return (seg > 0).to(seg.dtype) * side_t
+        return (np.asarray(seg) > 0).astype(np.asarray(seg).dtype) * side.astype(np.asarray(seg).dtype)
+
+
+class SplitSidesd(MapTransform):
+    """Dictionary version of ``SplitSides``."""
+
+    def __init__(self, keys: KeysCollection, midline_x_mm: float | None = None, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.op = SplitSides(midline_x_mm)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.op(d[key])
         return d

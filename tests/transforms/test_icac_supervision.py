@@ -37,3 +37,20 @@ def test_hu_threshold(as_tensor):
     np.testing.assert_array_equal(np.asarray(out).ravel(), [0, 0, 1, 1])
     d = HUThresholdd("pred", image_key="hu")({"pred": seg, "hu": conv(HU)})
     np.testing.assert_array_equal(np.asarray(d["pred"]).ravel(), [0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("midline, expected_right", [(None, 2), (0.0, 2), (-2.0, 3), (-100.0, 4)])
+def test_split_sides_by_world_x(midline, expected_right):
+    from monai.data import MetaTensor
+
+    from ctbundles.transforms.icac_supervision import SplitSides, SplitSidesd
+
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    affine[0, 3] = -3.0  # voxel i at world x = 2 i - 3: -3, -1, 1, 3 (centre 0)
+    seg = MetaTensor(torch.ones(1, 4, 1, 1), affine=torch.as_tensor(affine))
+    out = SplitSides(midline)(seg)
+    values = out[0, :, 0, 0].tolist()
+    assert sum(v == 2 for v in values) == expected_right  # +x is the patient's right (RAS)
+    assert values[-1] == 2 and set(values) <= {1.0, 2.0}
+    seg0 = MetaTensor(torch.zeros(1, 4, 1, 1), affine=torch.as_tensor(affine))
+    assert SplitSidesd("pred")({"pred": seg0})["pred"].sum() == 0
