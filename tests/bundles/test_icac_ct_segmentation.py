@@ -142,7 +142,7 @@ def test_inference_on_real_head_ct(shared_data, tmp_path):
     out = tmp_path / "out"
     parser = _parser("inference.json", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out), **small)
     parser.get_parsed_content("evaluator").run()
-    stem = src[0].name.split(".")[0]
+    stem = src[0].name[: -len(".nii.gz")]
     seg = nib.load(str(out / f"{stem}_seg.nii.gz"))
     ref = nib.load(str(src[0]))
     assert seg.shape == ref.shape == (209, 227, 56)
