@@ -152,3 +152,17 @@ def test_inference_on_real_head_ct(shared_data, tmp_path):
     assert not np.any(np.asarray(seg.dataobj)[ref.get_fdata() < 130] > 0)
     report = json.loads((out / f"{stem}.json").read_text())
     assert report["total_mm3"] >= 0 and set(report["per_label"]) <= {"ICA_left", "ICA_right"}
+
+
+def test_ckpt_export_torchscript(tmp_path):
+    net = _parser("inference.json", features=[1, 1, 1]).get_parsed_content("network_def")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
+           "--ckpt_file", str(tmp_path / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"),
+           "--config_file", str(CONFIGS / "inference.json"), "--features", "[1,1,1]"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.jit.load(str(tmp_path / "model.ts")).eval()
+    x = torch.randn(1, 1, 97, 97, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x))
