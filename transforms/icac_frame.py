@@ -127,18 +127,28 @@ class ToNetworkFrame(Transform):
         register: False skips the registration (identity: the scan is already in the reference frame).
     """
 
-    def __init__(self, reference, frame_shape=DEFAULT_FRAME["shape"], frame_spacing=DEFAULT_FRAME["spacing"],
+    def __init__(self, reference=None, frame_shape=DEFAULT_FRAME["shape"], frame_spacing=DEFAULT_FRAME["spacing"],
                  frame_centre_mm=DEFAULT_FRAME["centre_mm"], fill_hu: float = -1000.0, register: bool = True):
-        if isinstance(reference, (str, bytes)) or hasattr(reference, "__fspath__"):
-            from ctbundles.transforms.ct_io import load_ct
-
-            reference = load_ct(reference)
-        self.reference = to_sitk(_spatial_np(reference).astype(np.float32), _affine(reference))
+        self._reference = reference  # loaded on first use: not needed when ``register`` is False
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.affine = frame_affine(self.frame_shape, frame_spacing, frame_centre_mm)
         self.grid = to_sitk(np.zeros(self.frame_shape, np.uint8), self.affine)
         self.fill_hu = float(fill_hu)
         self.register = bool(register)
+
+    @property
+    def reference(self) -> sitk.Image:
+        """The reference head as a SimpleITK image (loaded from its path on first use)."""
+        if not isinstance(self._reference, sitk.Image):
+            ref = self._reference
+            if ref is None:
+                raise ValueError("ToNetworkFrame: registration needs a reference head")
+            if isinstance(ref, (str, bytes)) or hasattr(ref, "__fspath__"):
+                from ctbundles.transforms.ct_io import load_ct
+
+                ref = load_ct(ref)
+            self._reference = to_sitk(_spatial_np(ref).astype(np.float32), _affine(ref))
+        return self._reference
 
     def __call__(self, img) -> MetaTensor:
         arr = _spatial_np(img).astype(np.float32)

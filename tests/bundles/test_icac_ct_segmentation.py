@@ -113,8 +113,10 @@ def test_train_one_epoch_and_infer(tmp_path):
     images.mkdir()
     (images / "img0.nii.gz").write_bytes((data / "img0.nii.gz").read_bytes())
     out = tmp_path / "out"
+    frame = dict(register_to_reference=False, frame_shape=[30, 28, 22], frame_spacing=[0.5, 0.5, 1.0],
+                 frame_centre_mm=[7.25, 6.75, 10.5], midline_x_mm=None)  # the toy grid itself: no registration
     inf = _parser("inference.json", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out),
-                  **TINY)
+                  **TINY, **frame)
     inf.get_parsed_content("evaluator").run()
     seg = nib.load(str(out / "img0_seg.nii.gz"))
     src = nib.load(str(images / "img0.nii.gz"))
@@ -125,9 +127,7 @@ def test_train_one_epoch_and_infer(tmp_path):
     assert "total_mm3" in report and (out / "icac_volumes.csv").is_file()
 
 
-@pytest.mark.shared_data
-def test_inference_on_real_head_ct(shared_data, tmp_path):
-    """The real head CT (no reference label): inference completes and writes a segmentation on its grid."""
+def _run_real_head_ct(shared_data, tmp_path, register: bool):
     src = sorted((shared_data / "head_ct").glob("*.nii.gz"))
     if not src:
         pytest.skip("no NIfTI in ../shared/data/head_ct")
@@ -136,23 +136,40 @@ def test_inference_on_real_head_ct(shared_data, tmp_path):
     (images / src[0].name).symlink_to(src[0])
     bundle_root = tmp_path / "bundle"
     (bundle_root / "models").mkdir(parents=True)
-    small = {"features": [1, 1, 1]}
+    ref = nib.load(str(src[0]))
+    small = {"features": [1, 1, 1], "overlap": 0.0, "frame_shape": [120, 120, 62], "frame_spacing": [0.92, 0.92, 1.6]}
+    if not register:  # the frame centred on the scan in its own world coordinates
+        centre = ref.affine @ np.append((np.array(ref.shape) - 1) / 2, 1.0)
+        small.update(register_to_reference=False, frame_centre_mm=centre[:3].tolist(), midline_x_mm=None)
     net = _parser("inference.json", **small).get_parsed_content("network_def")
     torch.save(net.state_dict(), bundle_root / "models" / "model.pt")  # untrained weights: a smoke run
     out = tmp_path / "out"
-    parser = _parser("inference.json", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out), **small)
+    parser = _parser("inference.json", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out),
+                     reference_file=str(BUNDLE / "models" / "reference_head.nii.gz"), **small)
     parser.get_parsed_content("evaluator").run()
     stem = src[0].name[: -len(".nii.gz")]
     seg = nib.load(str(out / f"{stem}_seg.nii.gz"))
-    ref = nib.load(str(src[0]))
     assert seg.shape == ref.shape == (209, 227, 56)
     assert np.allclose(seg.affine, ref.affine, atol=1e-3)
-    values = np.unique(np.asarray(seg.dataobj))
-    assert set(values.tolist()) <= {0, 1, 2}
-    assert not np.any(np.asarray(seg.dataobj)[ref.get_fdata() < 130] > 0)
+    values = np.asarray(seg.dataobj)
+    assert set(np.unique(values).tolist()) <= {0, 1, 2}
+    assert not np.any(values[ref.get_fdata() < 130] > 0)  # voxels below 130 HU removed
     report = json.loads((out / f"{stem}.json").read_text())
     assert report["total_mm3"] >= 0 and set(report["per_label"]) <= {"ICA_left", "ICA_right"}
+    assert (out / "icac_volumes.csv").is_file()
 
+
+@pytest.mark.shared_data
+def test_inference_on_real_head_ct(shared_data, tmp_path):
+    """The real head CT (no reference label): inference completes and writes a segmentation on its grid."""
+    _run_real_head_ct(shared_data, tmp_path, register=False)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_inference_on_real_head_ct_registered(shared_data, tmp_path):
+    """The paper's pipeline on the real head CT: rigid registration to the shipped reference, frame, back."""
+    _run_real_head_ct(shared_data, tmp_path, register=True)
 
 def test_ckpt_export_torchscript(tmp_path):
     net = _parser("inference.json", features=[1, 1, 1]).get_parsed_content("network_def")
