@@ -99,7 +99,11 @@ class ICACEvaluationHandler:
     def collect(self, engine: Engine) -> None:
         output = engine.state.output
         items = output if isinstance(output, (list, tuple)) else [output]
-        for item in items:
+        batch = engine.state.batch
+        batch_items = batch if isinstance(batch, (list, tuple)) else [batch] * len(items)
+        for i, out_item in enumerate(items):
+            # MONAI evaluators keep input keys (e.g. the HU copy) in ``state.batch``, new keys in ``state.output``
+            item = {**batch_items[i], **out_item} if i < len(batch_items) and isinstance(batch_items[i], dict) else out_item
             image = item.get(self.image_key)
             meta = getattr(image, "meta", {}) or {}
             source = meta.get("filename_or_obj", f"case_{len(self.cases):04d}")

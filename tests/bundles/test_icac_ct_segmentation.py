@@ -109,6 +109,15 @@ def test_train_one_epoch_and_infer(tmp_path):
     assert "val_loss" in evaluator.state.metrics and 0.0 <= evaluator.state.metrics["val_mean_dice"] <= 1.0
     assert (bundle_root / "models" / "model.pt").is_file()  # selected by the validation loss
 
+    # evaluate.json overlay: the best checkpoint on the validation fold, the paper's figures written
+    ev = _parser("train.json", "evaluate.json", **overrides)
+    ev.get_parsed_content("validate#evaluator").run()
+    summary = json.loads((bundle_root / "eval" / "icac_evaluation.json").read_text())
+    assert summary["n_cases"] == 1 and len(summary["cases"]) == 1 and 0.0 <= summary["dice_mean"] <= 1.0
+    assert summary["cases"][0]["ref_volume_mm3"] == pytest.approx(64 * 0.25)  # 4 x 4 x 4 voxels of 0.25 mm^3
+    assert (bundle_root / "eval" / "icac_volume_scatter.png").is_file()
+    assert (bundle_root / "eval" / "metrics.csv").is_file()
+
     images = data / "test"
     images.mkdir()
     (images / "img0.nii.gz").write_bytes((data / "img0.nii.gz").read_bytes())
