@@ -171,17 +171,41 @@ class ToNetworkFrame(Transform):
         return MetaTensor(data, affine=torch.as_tensor(self.affine), meta=meta)
 
 
-class ToNetworkFramed(MapTransform):
-    """Dictionary version of ``ToNetworkFrame`` (``keys``: CT images)."""
+    def label(self, label, frame_info: Mapping) -> MetaTensor:
+        """Resample a label of the source scan onto the frame (nearest) with the transform in ``frame_info``."""
+        transform = sitk.Euler3DTransform()
+        transform.SetFixedParameters(frame_info["transform_fixed_parameters"])
+        transform.SetParameters(frame_info["transform_parameters"])
+        arr = _spatial_np(label).astype(np.float32)
+        src = to_sitk(arr, np.asarray(frame_info["source_affine"], dtype=np.float64))
+        out = sitk.Resample(src, self.grid, transform, sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        data = torch.as_tensor(from_sitk(out).copy())
+        if getattr(label, "ndim", 3) == 4:
+            data = data[None]
+        meta = {k: v for k, v in label.meta.items() if k not in ("affine", "original_affine")} if isinstance(label, MetaTensor) else {}
+        return MetaTensor(data, affine=torch.as_tensor(self.affine), meta=meta)
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs):
+
+class ToNetworkFramed(MapTransform):
+    """Dictionary version of ``ToNetworkFrame``: ``keys`` are CT images (the first one is registered),
+    ``label_keys`` are labels of that CT, resampled with the same transform (nearest neighbour)."""
+
+    def __init__(self, keys: KeysCollection, label_keys: KeysCollection = (), allow_missing_keys: bool = False, **kwargs):
         super().__init__(keys, allow_missing_keys)
+        self.label_keys = (label_keys,) if isinstance(label_keys, str) else tuple(label_keys)
         self.op = ToNetworkFrame(**kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
+        info = None
         for key in self.key_iterator(d):
             d[key] = self.op(d[key])
+            info = d[key].meta["icac_frame"] if info is None else info
+        for key in self.label_keys:
+            if key in d:
+                if info is None:
+                    raise ValueError(f"ToNetworkFramed: label {key!r} without an image to register")
+                d[key] = self.op.label(d[key], info)
         return d
 
 

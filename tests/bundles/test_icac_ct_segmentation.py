@@ -99,7 +99,10 @@ def test_verify_net_in_out(tmp_path):
 def test_train_one_epoch_and_infer(tmp_path):
     data = _write_cohort(tmp_path / "data")
     bundle_root = tmp_path / "bundle"
-    overrides = dict(bundle_root=str(bundle_root), dataset_dir=str(data), epochs=1, num_workers=0, cache_rate=0.0, **TINY)
+    frame = dict(register_to_reference=False, frame_shape=[30, 28, 22], frame_spacing=[0.5, 0.5, 1.0],
+                 frame_centre_mm=[7.25, 6.75, 10.5])  # the toy grid itself: no registration
+    overrides = dict(bundle_root=str(bundle_root), dataset_dir=str(data), epochs=1, num_workers=0, cache_rate=0.0,
+                     **TINY, **frame)
     parser = _parser("train.json", **overrides)
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
@@ -122,10 +125,8 @@ def test_train_one_epoch_and_infer(tmp_path):
     images.mkdir()
     (images / "img0.nii.gz").write_bytes((data / "img0.nii.gz").read_bytes())
     out = tmp_path / "out"
-    frame = dict(register_to_reference=False, frame_shape=[30, 28, 22], frame_spacing=[0.5, 0.5, 1.0],
-                 frame_centre_mm=[7.25, 6.75, 10.5], midline_x_mm=None)  # the toy grid itself: no registration
     inf = _parser("inference.json", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out),
-                  **TINY, **frame)
+                  midline_x_mm=None, **TINY, **frame)
     inf.get_parsed_content("evaluator").run()
     seg = nib.load(str(out / "img0_seg.nii.gz"))
     src = nib.load(str(images / "img0.nii.gz"))

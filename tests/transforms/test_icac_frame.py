@@ -62,8 +62,12 @@ def test_network_frame_and_back(reference):
                       meta={"filename_or_obj": "scan.nii.gz"})
     ref_mt = MetaTensor(torch.as_tensor(reference.image), affine=torch.as_tensor(reference.affine))
     frame = dict(shape=(40, 40, 30), spacing=(2.0, 2.0, 2.0), centre_mm=(0.0, 3.0, -40.0))
-    out = ToNetworkFramed("image", reference=ref_mt, frame_shape=frame["shape"], frame_spacing=frame["spacing"],
-                          frame_centre_mm=frame["centre_mm"])({"image": scan})["image"]
+    roi = (reference.label > 0).astype(np.float32)
+    moved_roi = from_sitk(sitk.Resample(to_sitk(roi, reference.affine), fixed, motion, sitk.sitkNearestNeighbor, 0.0))
+    label = MetaTensor(torch.as_tensor(moved_roi)[None], affine=torch.as_tensor(reference.affine))
+    framed = ToNetworkFramed("image", label_keys="label", reference=ref_mt, frame_shape=frame["shape"],
+                             frame_spacing=frame["spacing"], frame_centre_mm=frame["centre_mm"])({"image": scan, "label": label})
+    out = framed["image"]
     assert tuple(out.shape) == (1, 40, 40, 30)
     np.testing.assert_allclose(np.asarray(out.affine), frame_affine(frame["shape"], frame["spacing"], frame["centre_mm"]))
     # the registered scan matches the reference resampled on the same frame
@@ -72,9 +76,11 @@ def test_network_frame_and_back(reference):
     assert np.corrcoef(out[0].numpy().ravel(), expected.ravel())[0, 1] > 0.95
 
     # a segmentation on the frame goes back onto the scan's grid, where the moved ROI lies
-    roi = (reference.label > 0).astype(np.float32)
     roi_frame = from_sitk(sitk.Resample(to_sitk(roi, reference.affine), grid, sitk.Euler3DTransform(),
                                         sitk.sitkNearestNeighbor, 0.0))
+    # the scan's label follows its image onto the frame (nearest), where the reference ROI lies
+    assert tuple(framed["label"].shape) == (1, 40, 40, 30) and set(np.unique(framed["label"].numpy())) <= {0.0, 1.0}
+    assert dice_score(framed["label"][0].numpy() > 0, roi_frame > 0) > 0.8
     seg = MetaTensor(torch.as_tensor(roi_frame)[None], affine=out.affine, meta={"icac_frame": out.meta["icac_frame"]})
     back = FromNetworkFrame()(seg)
     assert tuple(back.shape) == (1, 80, 80, 60)
