@@ -44,7 +44,7 @@ def _write_cohort(root: Path, n: int = 2, shape=(30, 28, 22)) -> Path:
         nib.save(nib.Nifti1Image(img, affine), str(root / f"img{i}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, affine), str(root / f"lab{i}.nii.gz"))
         items.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "fold": i % 2, "patient": f"p{i}"})
-    (root / "dataset.json").write_text(json.dumps({"training": items}))
+    (root / "datalist.json").write_text(json.dumps({"training": items}))
     return root
 
 
