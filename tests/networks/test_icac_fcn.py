@@ -142,3 +142,28 @@ def test_torchscript_matches_eager():
     torch.manual_seed(1)
     b = scripted(x)
     assert a.shape == b.shape == (1, 7, 1, 16, 16, 4)
+
+
+def test_auxiliary_outputs_are_aligned_with_the_main_output():
+    """Each auxiliary output voxel sees an input region centred on the same input voxel as the main output."""
+    net = ICACFCN(features=(1, 1, 1), dropout=(0.0,) * 8)
+    _deterministic(net)
+    net.train()  # training mode returns the stacked outputs; BN stays in eval mode (running stats)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.eval()
+    x = torch.ones(1, 1, 97, 97, 40, requires_grad=True)
+    extents = []
+    for k in range(7):
+        x.grad = None
+        voxel = (8, 8, 1)
+        net(x)[(0, k, 0, *voxel)].backward()
+        support = (x.grad[0, 0] != 0).nonzero()
+        lo, hi = support.min(0).values, support.max(0).values
+        centre = (lo + hi) / 2
+        offset = [float(centre[a]) - (net.border_lo[a] + voxel[a]) for a in range(3)]
+        assert abs(offset[0]) <= 2 and abs(offset[1]) <= 2 and offset[2] == 0, (k, offset)
+        extents.append((hi - lo + 1).tolist())
+    # main output first (85 x 85 x 37), then the heads on blocks 2..7 with growing receptive fields
+    assert extents[0] == [85, 85, 37]
+    assert [e[2] for e in extents[1:]] == [13, 17, 21, 25, 29, 33]
