@@ -1,0 +1,252 @@
+"""The network frame of the ICAC method (Bortsova et al., MICCAI 2017, Sec. 3) and the way back.
+
+"We registered the images rigidly to a single reference image and cropped them along the
+longitudinal axis so that they contain only the intracranial part of the carotid artery. Finally,
+we downsampled axial slices (roughly twice) so that their spatial resolution matches that of the
+longitudinal axis. The final image size is 240 x 240 x 100 voxels."
+
+``register_rigid`` registers a scan to a reference head with SimpleITK (Euler 3D transform, Mattes
+mutual information, multi-resolution). ``ToNetworkFrame`` resamples the scan onto the network
+frame: a grid of ``frame_shape`` voxels of ``frame_spacing`` mm centred at ``frame_centre_mm`` in
+the reference's world coordinates (default 240 x 240 x 100 voxels of 0.46 x 0.46 x 1 mm around the
+intracranial carotids of the project's reference head, ``ctbundles.synthetic.head.reference_head``,
+whose world frame is its head frame). The transform and the source grid travel in the MetaTensor
+metadata (``icac_frame``), and ``FromNetworkFrame`` resamples a segmentation back onto the original
+scan (nearest neighbour).
+
+Coordinates: MONAI arrays are (X, Y, Z) with a RAS affine; SimpleITK works in LPS and (z, y, x)
+array order. The conversion is done here once (``to_sitk``).
+
+Status: implemented and tested on the synthetic head; not yet wired into ``inference.json`` (see
+the bundle README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+__all__ = ["to_sitk", "register_rigid", "frame_affine", "ToNetworkFrame", "ToNetworkFramed", "FromNetworkFrame",
+           "FromNetworkFramed", "DEFAULT_FRAME"]
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Network frame around the intracranial carotids of the project's reference head (head frame mm).
+DEFAULT_FRAME = {"shape": (240, 240, 100), "spacing": (0.46, 0.46, 1.0), "centre_mm": (0.0, 3.0, -40.0)}
+
+
+def _spatial_np(img) -> np.ndarray:
+    arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"expected one channel, got shape {arr.shape}")
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {arr.shape}")
+    return arr
+
+
+def _affine(img) -> np.ndarray:
+    if isinstance(img, MetaTensor):
+        return np.asarray(img.affine, dtype=np.float64)
+    raise ValueError("a MetaTensor with an affine is needed to place the volume in the world")
+
+
+def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """An (X, Y, Z) array with a RAS affine as a SimpleITK image (LPS physical space)."""
+    lps = _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    direction = lps[:3, :3] / spacing
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in direction.ravel()])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    return image
+
+
+def from_sitk(image: sitk.Image) -> np.ndarray:
+    """The (X, Y, Z) array of a SimpleITK image."""
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+
+
+def frame_affine(shape: Sequence[int], spacing: Sequence[float], centre_mm: Sequence[float]) -> np.ndarray:
+    """RAS affine of an axis-aligned grid of ``shape`` voxels of ``spacing`` mm centred at ``centre_mm``."""
+    a = np.diag([float(spacing[0]), float(spacing[1]), float(spacing[2]), 1.0])
+    half = (np.asarray(shape, dtype=np.float64) - 1) / 2 * np.asarray(spacing, dtype=np.float64)
+    a[:3, 3] = np.asarray(centre_mm, dtype=np.float64) - half
+    return a
+
+
+def register_rigid(moving: sitk.Image, fixed: sitk.Image, clip_hu: tuple[float, float] = (-200.0, 1500.0),
+                   shrink: Sequence[int] = (4, 2, 1), iterations: int = 200, seed: int = 0) -> sitk.Euler3DTransform:
+    """Rigid registration of ``moving`` (a head CT) to ``fixed`` (the reference head).
+
+    Returns the Euler 3D transform mapping fixed physical points (LPS mm) to moving ones (the ITK
+    convention used by ``sitk.Resample``). Intensities are clipped to ``clip_hu`` (skull and brain
+    drive the match); Mattes mutual information, regular-step gradient descent, a moments-based
+    initial alignment, a multi-resolution pyramid ``shrink`` with smoothing, fixed sampling seed.
+    """
+    f = sitk.Clamp(sitk.Cast(fixed, sitk.sitkFloat32), sitk.sitkFloat32, *clip_hu)
+    m = sitk.Clamp(sitk.Cast(moving, sitk.sitkFloat32), sitk.sitkFloat32, *clip_hu)
+    initial = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.25, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=iterations,
+                                                 relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(list(shrink))
+    reg.SetSmoothingSigmasPerLevel([max(0, s // 2) for s in shrink])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(initial, inPlace=False)
+    out = reg.Execute(f, m)
+    if isinstance(out, sitk.CompositeTransform):
+        out = out.GetBackTransform() if out.GetNumberOfTransforms() == 1 else out.GetNthTransform(0)
+    return sitk.Euler3DTransform(out)
+
+
+class ToNetworkFrame(Transform):
+    """Register a head CT to the reference and resample it onto the network frame (paper Sec. 3).
+
+    Args:
+        reference: the reference head (MetaTensor (X, Y, Z) or (1, X, Y, Z) in HU, RAS affine), or a
+            path loaded with ``ctbundles.transforms.ct_io.load_ct``.
+        frame_shape, frame_spacing, frame_centre_mm: the network frame in the reference's world
+            coordinates (default ``DEFAULT_FRAME``: 240 x 240 x 100 voxels, 0.46 x 0.46 x 1 mm).
+        fill_hu: value outside the scan (-1000 HU, air).
+        register: False skips the registration (identity: the scan is already in the reference frame).
+    """
+
+    def __init__(self, reference=None, frame_shape=DEFAULT_FRAME["shape"], frame_spacing=DEFAULT_FRAME["spacing"],
+                 frame_centre_mm=DEFAULT_FRAME["centre_mm"], fill_hu: float = -1000.0, register: bool = True):
+        self._reference = reference  # loaded on first use: not needed when ``register`` is False
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.affine = frame_affine(self.frame_shape, frame_spacing, frame_centre_mm)
+        self.grid = to_sitk(np.zeros(self.frame_shape, np.uint8), self.affine)
+        self.fill_hu = float(fill_hu)
+        self.register = bool(register)
+
+    @property
+    def reference(self) -> sitk.Image:
+        """The reference head as a SimpleITK image (loaded from its path on first use)."""
+        if not isinstance(self._reference, sitk.Image):
+            ref = self._reference
+            if ref is None:
+                raise ValueError("ToNetworkFrame: registration needs a reference head")
+            if isinstance(ref, (str, bytes)) or hasattr(ref, "__fspath__"):
+                from ctbundles.transforms.ct_io import load_ct
+
+                ref = load_ct(ref)
+            self._reference = to_sitk(_spatial_np(ref).astype(np.float32), _affine(ref))
+        return self._reference
+
+    def __call__(self, img) -> MetaTensor:
+        arr = _spatial_np(img).astype(np.float32)
+        source_affine = _affine(img)
+        moving = to_sitk(arr, source_affine)
+        transform = register_rigid(moving, self.reference) if self.register else sitk.Euler3DTransform()
+        out = sitk.Resample(moving, self.grid, transform, sitk.sitkLinear, self.fill_hu, sitk.sitkFloat32)
+        meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+        meta["icac_frame"] = {
+            "transform_parameters": list(transform.GetParameters()),
+            "transform_fixed_parameters": list(transform.GetFixedParameters()),
+            "source_affine": source_affine.tolist(),
+            "source_shape": list(arr.shape),
+        }
+        data = torch.as_tensor(from_sitk(out).copy())
+        if isinstance(img, torch.Tensor) and img.ndim == 4 or isinstance(img, np.ndarray) and img.ndim == 4:
+            data = data[None]
+        meta["affine"] = torch.as_tensor(self.affine)
+        meta.pop("original_affine", None)
+        return MetaTensor(data, affine=torch.as_tensor(self.affine), meta=meta)
+
+
+    def label(self, label, frame_info: Mapping) -> MetaTensor:
+        """Resample a label of the source scan onto the frame (nearest) with the transform in ``frame_info``."""
+        transform = sitk.Euler3DTransform()
+        transform.SetFixedParameters(frame_info["transform_fixed_parameters"])
+        transform.SetParameters(frame_info["transform_parameters"])
+        arr = _spatial_np(label).astype(np.float32)
+        src = to_sitk(arr, np.asarray(frame_info["source_affine"], dtype=np.float64))
+        out = sitk.Resample(src, self.grid, transform, sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        data = torch.as_tensor(from_sitk(out).copy())
+        if getattr(label, "ndim", 3) == 4:
+            data = data[None]
+        meta = {k: v for k, v in label.meta.items() if k not in ("affine", "original_affine")} if isinstance(label, MetaTensor) else {}
+        return MetaTensor(data, affine=torch.as_tensor(self.affine), meta=meta)
+
+
+class ToNetworkFramed(MapTransform):
+    """Dictionary version of ``ToNetworkFrame``: ``keys`` are CT images (the first one is registered),
+    ``label_keys`` are labels of that CT, resampled with the same transform (nearest neighbour)."""
+
+    def __init__(self, keys: KeysCollection, label_keys: KeysCollection = (), allow_missing_keys: bool = False, **kwargs):
+        super().__init__(keys, allow_missing_keys)
+        self.label_keys = (label_keys,) if isinstance(label_keys, str) else tuple(label_keys)
+        self.op = ToNetworkFrame(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        info = None
+        for key in self.key_iterator(d):
+            d[key] = self.op(d[key])
+            info = d[key].meta["icac_frame"] if info is None else info
+        for key in self.label_keys:
+            if key in d:
+                if info is None:
+                    raise ValueError(f"ToNetworkFramed: label {key!r} without an image to register")
+                d[key] = self.op.label(d[key], info)
+        return d
+
+
+class FromNetworkFrame(Transform):
+    """Resample a segmentation from the network frame back onto the original scan (nearest neighbour).
+
+    ``frame_meta`` is the ``icac_frame`` dict ``ToNetworkFrame`` wrote; by default it is read from
+    the segmentation's own metadata.
+    """
+
+    def __call__(self, seg, frame_meta: Mapping | None = None) -> MetaTensor:
+        info = frame_meta if frame_meta is not None else (seg.meta.get("icac_frame") if isinstance(seg, MetaTensor) else None)
+        if not info:
+            raise ValueError("FromNetworkFrame: no 'icac_frame' metadata (was the image passed through ToNetworkFrame?)")
+        transform = sitk.Euler3DTransform()
+        transform.SetFixedParameters(info["transform_fixed_parameters"])
+        transform.SetParameters(info["transform_parameters"])
+        arr = _spatial_np(seg)
+        frame = to_sitk(arr.astype(np.float32), _affine(seg))
+        source_affine = np.asarray(info["source_affine"], dtype=np.float64)
+        grid = to_sitk(np.zeros(info["source_shape"], np.uint8), source_affine)
+        back = sitk.Resample(frame, grid, transform.GetInverse(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        data = torch.as_tensor(from_sitk(back).copy())
+        if seg.ndim == 4:
+            data = data[None]
+        meta = {k: v for k, v in seg.meta.items() if k not in ("affine", "icac_frame")} if isinstance(seg, MetaTensor) else {}
+        return MetaTensor(data, affine=torch.as_tensor(source_affine), meta=meta)
+
+
+class FromNetworkFramed(MapTransform):
+    """Dictionary version of ``FromNetworkFrame``; ``frame_key`` names the item holding the metadata."""
+
+    def __init__(self, keys: KeysCollection, frame_key: str = "image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.frame_key = frame_key
+        self.op = FromNetworkFrame()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        src = d.get(self.frame_key)
+        info = src.meta.get("icac_frame") if isinstance(src, MetaTensor) else None
+        for key in self.key_iterator(d):
+            d[key] = self.op(d[key], info)
+        return d
