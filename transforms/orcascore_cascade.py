@@ -36,6 +36,7 @@ __all__ = [
     "heart_roi_box",
     "crop_to_box",
     "paste_box",
+    "widen_range",
     "HeartROICropd",
     "HeartROIPasted",
     "component_crop_boxes",
@@ -210,7 +211,7 @@ class HeartROICropd(MapTransform):
         empty = box is None
         if empty:
             box = ((0, int(size[0])), (0, int(size[1])))
-        box = tuple(_widen(lo, hi, self.min_size, n) for (lo, hi), n in zip(box, size))
+        box = tuple(widen_range(lo, hi, self.min_size, n) for (lo, hi), n in zip(box, size))
         (x0, x1), (y0, y1) = box
         for key in self.key_iterator(d):
             d[key] = d[key][:, x0:x1, y0:y1]
@@ -218,7 +219,8 @@ class HeartROICropd(MapTransform):
         return d
 
 
-def _widen(lo: int, hi: int, min_size: int, n: int) -> tuple[int, int]:
+def widen_range(lo: int, hi: int, min_size: int, n: int) -> tuple[int, int]:
+    """``[lo, hi)`` widened about its centre to ``min_size`` (at most ``n``), shifted to stay inside ``[0, n)``."""
     if hi - lo >= min_size or min_size <= 0:
         return int(lo), int(hi)
     target = min(min_size, n)
