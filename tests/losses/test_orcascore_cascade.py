@@ -37,5 +37,5 @@ def test_dice_loss_half_overlap():
 
 def test_dice_loss_perfect_prediction_near_zero():
     y = torch.tensor([1.0, 0.0, 0.0, 1.0]).reshape(1, 1, 2, 2)
-    x = torch.cat([-50 * y, 50 * y], dim=1)
+    x = torch.cat([50 * (1 - 2 * y), 50 * (2 * y - 1)], dim=1)
     assert OrcaScoreDiceLoss()(x, y).item() == pytest.approx(0.0, abs=1e-5)
