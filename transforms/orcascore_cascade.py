@@ -95,13 +95,16 @@ class HistogramMatch(Transform):
     (``CopyItemsd``) for the 130 HU threshold and the scoring.
 
     Args:
-        reference: the reference image (array) or a ``.npy`` / ``.nii(.gz)`` file holding it.
+        reference: the reference image (array) or a ``.npy`` / ``.nii(.gz)`` file holding it; ``None``
+            switches the matching off (the paper's Table 2 ablation, "without histogram matching").
     """
 
     def __init__(self, reference) -> None:
-        self.reference = load_histogram_reference(reference)
+        self.reference = None if reference is None else load_histogram_reference(reference)
 
     def __call__(self, img):
+        if self.reference is None:
+            return img
         arr = _numpy(img).astype(np.float32)
         # the whole scan against the reference slice: both flattened (match_histograms needs equal ndim)
         matched = match_histograms(arr.ravel(), self.reference.ravel()).reshape(arr.shape).astype(np.float32)

@@ -45,6 +45,11 @@ def test_histogram_match_keeps_metatensor_meta_and_reads_npy(tmp_path):
     assert (np.diff(flat) >= 0).all()
 
 
+def test_histogram_match_switched_off_returns_input():
+    img = np.arange(6, dtype=np.float32)
+    assert HistogramMatch(None)(img) is img
+
+
 def test_histogram_reference_missing_file_names_it(tmp_path):
     with pytest.raises(CTInputError, match="nope.npy"):
         HistogramMatch(tmp_path / "nope.npy")
