@@ -8,6 +8,8 @@
 * :func:`component_crop_boxes`, :func:`extract_crops`, :func:`paste_crops`,
   :class:`FalsePositiveCropsd`: a 96 x 96 window around the bounding box of every predicted 2D
   component, and the windows' outputs placed back into the full slice (Sect. 3.2.3, Figs. 6-7).
+* :func:`select_histogram_reference`: the histogram reference, the training slice with the best F1
+  in an initial heart segmentation (Sect. 3.2.1).
 
 Arrays are channel-first ``(C, X, Y, Z)`` (axis 3 = axial slices) in the dictionary transforms, as
 MONAI pipelines hold them after ``EnsureChannelFirstd``; the pure functions take plain 2D/3D arrays.
@@ -43,6 +45,8 @@ __all__ = [
     "extract_crops",
     "paste_crops",
     "FalsePositiveCropsd",
+    "slice_f1",
+    "select_histogram_reference",
 ]
 
 
@@ -385,3 +389,48 @@ class FalsePositiveCropsd(MapTransform):
             s["crop_slice"], s["crop_corner"] = int(z), [int(corner[0]), int(corner[1])]
             samples.append(s)
         return samples
+
+
+# ------------------------------------------------------------------ histogram reference selection
+def slice_f1(prediction2d, truth2d) -> float:
+    """Pixel F1 (Dice) of one slice's masks; NaN when both are empty."""
+    p, t = _numpy(prediction2d) > 0, _numpy(truth2d) > 0
+    den = int(p.sum()) + int(t.sum())
+    return 2.0 * int((p & t).sum()) / den if den else float("nan")
+
+
+def select_histogram_reference(cases, segment) -> dict:
+    """The paper's histogram reference: the training slice best segmented by an initial ROI segmentation.
+
+    Araújo et al., Sect. 3.2.1: "we performed an initial ROI segmentation. The patient slice with the
+    highest F1-Score in this initial segmentation was selected as the reference image."
+
+    Args:
+        cases: iterable of ``(image_hu, heart_mask)`` pairs, ``(X, Y, Z)`` arrays (HU, binary), or
+            ``(name, image_hu, heart_mask)`` triples.
+        segment: the initial segmentation: ``segment(image_hu)`` -> ``(X, Y, Z)`` binary heart masks
+            (e.g. a stage-1 network trained without histogram matching, applied slice by slice).
+
+    Returns:
+        ``{"reference": 2D HU slice (float32), "f1", "case", "slice", "n_slices"}``; slices whose
+        heart mask is empty are not candidates. Ties keep the first slice.
+    """
+    best = {"f1": -1.0}
+    n = 0
+    for index, case in enumerate(cases):
+        name, image, heart = case if len(case) == 3 else (index, *case)
+        image, heart = _numpy(image), _numpy(heart)
+        if image.shape != heart.shape or image.ndim != 3:
+            raise CTInputError(f"case {name}: image {image.shape} and heart mask {heart.shape} must be equal (X, Y, Z) arrays")
+        pred = _numpy(segment(image))
+        for z in range(image.shape[2]):
+            if not (heart[:, :, z] > 0).any():
+                continue
+            n += 1
+            f1 = slice_f1(pred[:, :, z], heart[:, :, z])
+            if f1 > best["f1"]:
+                best = {"f1": float(f1), "case": name, "slice": int(z), "reference": image[:, :, z].astype(np.float32)}
+    if n == 0:
+        raise CTInputError("no training slice has a heart mask: cannot select a histogram reference")
+    best["n_slices"] = n
+    return best

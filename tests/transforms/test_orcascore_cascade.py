@@ -185,3 +185,35 @@ def test_false_positive_crops_dict_samples():
     np.testing.assert_array_equal(out[1]["image"][0], img[0, 0:96, 32:128, 2])
     assert [int(s["label"].sum()) for s in out] == [4, 4, 0]
     assert len(FalsePositiveCropsd(["image"], candidate_key="cand", max_crops=2)({"image": img, "cand": cand})) == 2
+
+
+# ------------------------------------------------------------------ histogram reference selection
+def test_select_reference_is_slice_with_best_f1():
+    from ctbundles.transforms.orcascore_cascade import select_histogram_reference, slice_f1
+
+    heart = np.zeros((8, 8, 3), np.uint8)
+    heart[2:6, 2:6, 0] = 1  # 16 px
+    heart[2:6, 2:6, 1] = 1
+    pred = np.zeros_like(heart)
+    pred[2:6, 2:4, 0] = 1  # 8 px inside: F1 = 2*8 / (8 + 16) = 2/3
+    pred[2:6, 2:6, 1] = 1  # exact: F1 = 1
+    pred[0:2, 0:2, 2] = 1  # no heart on slice 2: not a candidate
+    image_a = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    heart_b = np.zeros((8, 8, 2), np.uint8)
+    heart_b[1:5, 1:5, 1] = 1
+    pred_b = heart_b.copy()
+    pred_b[5, 1:5, 1] = 1  # F1 = 32 / 36
+    preds = {"a": pred, "b": pred_b}
+    assert slice_f1(pred[:, :, 0], heart[:, :, 0]) == pytest.approx(2 / 3)
+    best = select_histogram_reference(
+        [("a", image_a, heart), ("b", np.zeros((8, 8, 2)), heart_b)], segment=lambda img: preds["a" if img.shape[2] == 3 else "b"]
+    )
+    assert (best["case"], best["slice"], best["f1"], best["n_slices"]) == ("a", 1, 1.0, 3)
+    np.testing.assert_array_equal(best["reference"], image_a[:, :, 1])
+
+
+def test_select_reference_without_heart_raises():
+    from ctbundles.transforms.orcascore_cascade import select_histogram_reference
+
+    with pytest.raises(CTInputError, match="no training slice has a heart mask"):
+        select_histogram_reference([(np.zeros((4, 4, 2)), np.zeros((4, 4, 2)))], segment=lambda x: x)
