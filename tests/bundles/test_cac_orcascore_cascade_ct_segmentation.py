@@ -162,3 +162,21 @@ def test_inference_cascade_writes_segmentation_on_input_grid_and_scores(cohort, 
     for key in ("agatston", "volume_mm3", "per_artery", "risk_category", "cac_drs"):
         assert key in report
     assert (out / "scores.csv").read_text().startswith("case,")
+
+
+def test_evaluate_overlay_builds_evaluator_with_checkpoint_loader(tmp_path):
+    parser = parser_for([TRAIN, str(CONFIGS / "evaluate.json")], bundle_root=str(tmp_path), val_datalist=[], train_datalist=[],
+                        histogram_reference=None)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    loaders = [h for h in parser.get_parsed_content("validate#handlers") if type(h).__name__ == "CheckpointLoader"]
+    assert len(loaders) == 1 and loaders[0].load_path == os.path.join(str(tmp_path), "models", "model.pt")
+    assert [r.replace("::", "#") for r in parser["run"]] == ["$@validate#evaluator.run()"]
+    assert type(evaluator).__name__ == "SupervisedEvaluator"
+
+
+def test_multi_gpu_overlay_wraps_network_and_keeps_early_stopping_on_all_ranks():
+    parser = parser_for([TRAIN, str(CONFIGS / "multi_gpu_train.json")])
+    assert parser["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert parser["train#dataloader#sampler"] == "@train#sampler"
+    assert "@validate#early_stopping" in parser["validate#evaluator#val_handlers"].replace("::", "#")
+    assert "$@validate#early_stopping.set_trainer(trainer=@train#trainer)" in [i.replace("::", "#") for i in parser["initialize"]]
