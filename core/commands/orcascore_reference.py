@@ -98,6 +98,7 @@ def run(args) -> int:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npy")
     os.close(fd)
     np.save(tmp, best["reference"])
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     record = {k: v for k, v in best.items() if k != "reference"}
     record.update({"shape": list(best["reference"].shape), "datalist": str(args.datalist), "checkpoint": str(args.checkpoint),
@@ -105,6 +106,7 @@ def run(args) -> int:
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=2)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out.with_suffix(".json"))
     print(f"histogram reference: slice {best['slice']} of {best['case']} (F1 {best['f1']:.3f} among {best['n_slices']} slices) -> {out}")
     return 0

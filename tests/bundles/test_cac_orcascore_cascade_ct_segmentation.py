@@ -180,3 +180,18 @@ def test_multi_gpu_overlay_wraps_network_and_keeps_early_stopping_on_all_ranks()
     assert parser["train#dataloader#sampler"] == "@train#sampler"
     assert "@validate#early_stopping" in parser["validate#evaluator#val_handlers"].replace("::", "#")
     assert "$@validate#early_stopping.set_trainer(trainer=@train#trainer)" in [i.replace("::", "#") for i in parser["initialize"]]
+
+
+def test_shipped_histogram_reference_is_the_default_and_loads():
+    from ctbundles.transforms.orcascore_cascade import HistogramMatch
+
+    for files in ([str(CONFIGS / "inference.json")], [TRAIN]):
+        path = Path(parser_for(files, bundle_root=str(BUNDLE)).get_parsed_content("histogram_reference"))
+        assert path == BUNDLE / "models" / "histogram_reference.npy" and path.is_file()
+    record = json.loads((BUNDLE / "models" / "histogram_reference.json").read_text())
+    assert record["f1"] > 0 and "provenance" in record
+    matcher = HistogramMatch(BUNDLE / "models" / "histogram_reference.npy")
+    ref = matcher.reference
+    assert ref.ndim == 2 and ref.min() >= -1100 and ref.max() > 130  # a HU slice with some calcium-range values
+    out = np.asarray(matcher(np.linspace(-1000, 1000, 1000, dtype=np.float32)))
+    assert out.min() == pytest.approx(ref.min()) and out.max() == pytest.approx(ref.max())
