@@ -194,4 +194,4 @@ def test_shipped_histogram_reference_is_the_default_and_loads():
     ref = matcher.reference
     assert ref.ndim == 2 and ref.min() >= -1100 and ref.max() > 130  # a HU slice with some calcium-range values
     out = np.asarray(matcher(np.linspace(-1000, 1000, 1000, dtype=np.float32)))
-    assert out.min() == pytest.approx(ref.min()) and out.max() == pytest.approx(ref.max())
+    assert ref.min() <= out.min() < out.max() <= ref.max() and (np.diff(out) >= 0).all()  # monotone, in the reference range
