@@ -32,6 +32,7 @@ __all__ = [
     "pixel_scores",
     "stage3_comparison",
     "evaluate_cohort",
+    "evaluate_predictions",
 ]
 
 #: orCaScore reference labels (REFERENCES.md section 1)
@@ -181,3 +182,42 @@ def evaluate_cohort(cases: Sequence[Mapping]) -> dict:
         "risk_accuracy": float(np.mean([risk_category_index(r) == risk_category_index(p) for r, p in zip(ag_r, ag_p)])),
         "pixels": pixel_scores([c["reference"] for c in cases], [c["prediction"] for c in cases]),
     }
+
+
+def evaluate_predictions(items: Sequence[Mapping], prediction_dir, postfix: str = "_seg", ext: str = ".nii.gz") -> dict:
+    """The protocol for inference outputs: each datalist item ``{"image", "label"}`` is paired with
+    ``<prediction_dir>/<image stem><postfix><ext>`` (what ``inference.json`` writes); scores by the
+    project's :func:`~ctbundles.transforms.calcium_scoring.score_calcium` with the orCaScore artery labels.
+
+    Returns :func:`evaluate_cohort`'s dict plus ``"cases"`` (per-case Agatston and volume, both sides).
+    """
+    from pathlib import Path
+
+    from ctbundles.errors import CTInputError
+    from ctbundles.transforms.calcium_scoring import CalciumScoreParams, score_calcium
+    from ctbundles.transforms.calcium_transforms import geometry_from_meta
+    from ctbundles.transforms.ct_io import load_ct, load_label
+
+    params = CalciumScoreParams(artery_labels=dict(ORCASCORE_ARTERIES))
+    cases, rows = [], []
+    for item in items:
+        image = load_ct(item["image"])
+        stem = Path(item["image"]).name.split(".")[0]
+        pred_path = Path(prediction_dir) / f"{stem}{postfix}{ext}"
+        if not pred_path.is_file():
+            raise CTInputError(f"{pred_path}: no prediction for {item['image']}")
+        ref = np.asarray(load_label(item["label"], like=image)).astype(np.int64)
+        ref[ref > 3] = 0  # orCaScore 4 = artery not determined: not an artery lesion
+        pred = np.asarray(load_label(str(pred_path), like=image)).astype(np.int64)
+        hu = np.asarray(image, np.float32)
+        spacing, increment, _ = geometry_from_meta(image)
+        s_ref = score_calcium(hu, ref, spacing, slice_increment_mm=increment, params=params)
+        s_pred = score_calcium(hu, pred, spacing, slice_increment_mm=increment, params=params)
+        cases.append({"hu": hu, "reference": ref, "prediction": pred, "spacing": spacing,
+                      "agatston_reference": s_ref["agatston"], "agatston_predicted": s_pred["agatston"],
+                      "volume_reference": s_ref["volume_mm3"], "volume_predicted": s_pred["volume_mm3"]})
+        rows.append({"image": str(item["image"]), "agatston_reference": s_ref["agatston"], "agatston_predicted": s_pred["agatston"],
+                     "volume_reference": s_ref["volume_mm3"], "volume_predicted": s_pred["volume_mm3"]})
+    result = evaluate_cohort(cases)
+    result["cases"] = rows
+    return result

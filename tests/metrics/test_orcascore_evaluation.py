@@ -107,3 +107,23 @@ def test_evaluate_cohort_combines_protocol():
     assert res["lesions"]["all"]["tp"] == 2 + 4
     assert res["risk_accuracy"] == 0.5  # 11-100 agrees, >400 vs 101-400 does not
     assert -1.0 <= res["agatston_icc"] <= 1.0 and res["volume_icc"] > 0.9
+
+
+def test_evaluate_predictions_reads_inference_outputs(tmp_path):
+    import nibabel as nib
+
+    from ctbundles.datasets.orcascore import write_mhd
+    from ctbundles.metrics.orcascore_evaluation import evaluate_predictions
+
+    hu, ref, pred = toy_case()
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    image = write_mhd(tmp_path / "TRV1P1CTI.mhd", hu, affine, np.int16)
+    label = write_mhd(tmp_path / "TRV1P1R.mhd", ref, affine, np.uint8)
+    nib.save(nib.Nifti1Image(pred, affine), tmp_path / "TRV1P1CTI_seg.nii.gz")
+    res = evaluate_predictions([{"image": str(image), "label": str(label)}], tmp_path)
+    assert (res["lesions"]["all"]["tp"], res["lesions"]["all"]["fp"], res["lesions"]["all"]["fn"]) == (2, 1, 2)
+    assert res["lesions"]["LAD"]["tp_mm3"] == 8.0
+    assert res["pixels"]["tp"] == 4 + 2 and res["pixels"]["fp"] == 1
+    assert res["cases"][0]["volume_predicted"] > 0
+    with pytest.raises(Exception, match="no prediction"):
+        evaluate_predictions([{"image": str(image), "label": str(label)}], tmp_path / "none")
