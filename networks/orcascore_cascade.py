@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
 
 from ctbundles.transforms.orcascore_cascade import (
     component_crop_boxes,
@@ -46,7 +47,7 @@ class OrcaScoreCascadeInferer(Inferer):
        keeps or removes calcium in each window, the windows' masks are pasted back (OR), and stage-2
        voxels outside the pasted mask become background. The artery class of a kept voxel is stage 2's.
 
-    Returns a float one-hot tensor ``(B, n_classes, X, Y, Z)`` (``n_classes`` = stage 2's outputs), so
+    All networks are put in eval mode. Returns a float one-hot tensor ``(B, n_classes, X, Y, Z)`` (``n_classes`` = stage 2's outputs), so
     ``AsDiscreted(argmax=True)`` gives the label map. The 130 HU rule is applied after this, on HU.
 
     Args:
@@ -86,12 +87,16 @@ class OrcaScoreCascadeInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         if inputs.ndim != 5 or inputs.shape[1] != 1:
             raise ValueError(f"the cascade expects (B, 1, X, Y, Z) volumes, got shape {tuple(inputs.shape)}")
+        for net in (network, self.roi_network, self.fp_network):
+            if net is not None:
+                net.eval()
         outs, self.last_roi_boxes = [], []
-        for vol in torch.as_tensor(inputs):
+        for vol in inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs:
             out, box = self._one(vol, network)
             outs.append(out)
             self.last_roi_boxes.append(box)
-        return torch.stack(outs)
+        # the output keeps the input's type and metadata (MetaTensor), so SaveImaged writes it on the input grid
+        return convert_to_dst_type(torch.stack(outs), inputs)[0]
 
     def heart_masks(self, vol: torch.Tensor) -> np.ndarray:
         """Stage 1: ``(X, Y, Z)`` heart masks of the slices of ``vol`` ``(1, X, Y, Z)``."""
