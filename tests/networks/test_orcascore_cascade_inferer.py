@@ -60,12 +60,17 @@ def test_cascade_without_heart_uses_whole_slice():
 
 
 def test_cascade_runs_paper_networks_small():
-    roi = OrcaScoreHeartUNet(features=(4, 8, 16, 32, 64, 4)).eval()
-    calcium = OrcaScoreEncoderUNet(out_channels=4).eval()
-    fp = OrcaScoreEncoderUNet(backbone="efficientnet-b0").eval()
+    from monai.data import MetaTensor
+
+    roi = OrcaScoreHeartUNet(features=(4, 8, 16, 32, 64, 4))
+    calcium = OrcaScoreEncoderUNet(out_channels=4)
+    fp = OrcaScoreEncoderUNet(backbone="efficientnet-b0")
     inferer = OrcaScoreCascadeInferer(roi, fp, min_roi_size=32)
-    out = inferer(torch.rand(1, 1, 64, 64, 2), calcium)
+    x = MetaTensor(torch.rand(1, 1, 64, 64, 2), meta={"filename_or_obj": "case.mhd"})
+    out = inferer(x, calcium)
     assert out.shape == (1, 4, 64, 64, 2)
+    assert not (roi.training or calcium.training or fp.training)  # batch norm in inference mode
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case.mhd"
 
 
 def test_cascade_rejects_non_volume():
