@@ -1,0 +1,223 @@
+"""orCaScore evaluation protocol (Wolterink et al., Med Phys 2016; ../shared/REFERENCES.md section 2)
+and the pixel-level metrics of Araújo et al. (Sect. 4.2, Eqs. 1-3; Table 5 with / without stage 3).
+
+* Lesions: 3D 6-connected groups of voxels above 130 HU that the reference or the prediction labels
+  as calcium; each lesion takes the majority (most frequent non-zero) label of the reference and of
+  the prediction among its voxels. Per artery, a lesion is a true positive when both give it that
+  artery, a false negative when only the reference does, a false positive when only the prediction
+  does. Sensitivity and positive predictive value by count and by volume, F1 on volume.
+* Per patient: Agatston and volume scores, agreement by the two-way random, absolute-agreement,
+  single-measure intraclass correlation ICC(A,1) (McGraw & Wong 1996, case 2A = Shrout & Fleiss ICC(2,1)).
+* Risk categories (0, 1-10, 11-100, 101-400, >400): linearly weighted Cohen's kappa.
+* Pixel level (the paper's Table 5): precision, recall and F1 of calcium voxels, pooled over the set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ctbundles.transforms.calcium_scoring import risk_category
+
+__all__ = [
+    "ORCASCORE_ARTERIES",
+    "RISK_CATEGORIES",
+    "orcascore_lesions",
+    "lesion_detection",
+    "icc_absolute_agreement",
+    "weighted_kappa",
+    "risk_category_index",
+    "pixel_scores",
+    "stage3_comparison",
+    "evaluate_cohort",
+    "evaluate_predictions",
+]
+
+#: orCaScore reference labels (REFERENCES.md section 1)
+ORCASCORE_ARTERIES = {"LAD": 1, "LCX": 2, "RCA": 3}
+RISK_CATEGORIES = ("0", "1-10", "11-100", "101-400", ">400")
+
+
+def _majority_nonzero(component_ids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Most frequent non-zero label of each component 1..n (0 when none; ties -> smallest label)."""
+    out = np.zeros(n + 1, np.int64)
+    sel = labels > 0
+    if not sel.any():
+        return out[1:]
+    ids, labs = component_ids[sel], labels[sel].astype(np.int64)
+    counts = np.zeros((n + 1, int(labs.max()) + 1), np.int64)
+    np.add.at(counts, (ids, labs), 1)
+    has = counts.sum(axis=1) > 0
+    out[has] = counts[has].argmax(axis=1)
+    return out[1:]
+
+
+def orcascore_lesions(hu, reference, prediction, spacing: Sequence[float] = (1.0, 1.0, 1.0), threshold_hu: float = 130.0) -> dict:
+    """Lesions of the orCaScore protocol: 3D 6-connected groups of voxels ``> threshold_hu``.
+
+    Only voxels that the reference or the prediction labels (value > 0) are grouped. Returns
+    ``{"reference_label", "predicted_label", "volume_mm3"}`` arrays, one entry per lesion.
+    """
+    hu, ref, pred = np.asarray(hu), np.asarray(reference), np.asarray(prediction)
+    if not (hu.shape == ref.shape == pred.shape):
+        raise ValueError(f"image {hu.shape}, reference {ref.shape} and prediction {pred.shape} must have the same shape")
+    mask = (hu > threshold_hu) & ((ref > 0) | (pred > 0))
+    ids, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
+    voxel_mm3 = float(np.prod(spacing))
+    volume = np.bincount(ids.ravel(), minlength=n + 1)[1:] * voxel_mm3
+    return {
+        "reference_label": _majority_nonzero(ids, ref, n),
+        "predicted_label": _majority_nonzero(ids, pred, n),
+        "volume_mm3": volume.astype(np.float64),
+    }
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def lesion_detection(lesion_sets: Sequence[Mapping], arteries: Mapping[str, int] = ORCASCORE_ARTERIES) -> dict:
+    """Lesion-level detection per artery and for all calcium, pooled over the lesions of all patients.
+
+    Each entry: ``tp``, ``fp``, ``fn`` (counts), ``tp_mm3``, ``fp_mm3``, ``fn_mm3``, ``sensitivity``,
+    ``ppv``, ``sensitivity_volume``, ``ppv_volume``, ``f1_volume``. ``"all"`` ignores the artery
+    (calcium found anywhere vs. not).
+    """
+    ref = np.concatenate([np.asarray(s["reference_label"]) for s in lesion_sets]) if lesion_sets else np.zeros(0, int)
+    pred = np.concatenate([np.asarray(s["predicted_label"]) for s in lesion_sets]) if lesion_sets else np.zeros(0, int)
+    vol = np.concatenate([np.asarray(s["volume_mm3"]) for s in lesion_sets]) if lesion_sets else np.zeros(0)
+    groups = {name: (ref == v, pred == v) for name, v in arteries.items()}
+    groups["all"] = (ref > 0, pred > 0)
+    out = {}
+    for name, (r, p) in groups.items():
+        tp, fp, fn = r & p, p & ~r, r & ~p
+        e = {"tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum()),
+             "tp_mm3": float(vol[tp].sum()), "fp_mm3": float(vol[fp].sum()), "fn_mm3": float(vol[fn].sum())}
+        e["sensitivity"] = _ratio(e["tp"], e["tp"] + e["fn"])
+        e["ppv"] = _ratio(e["tp"], e["tp"] + e["fp"])
+        e["sensitivity_volume"] = _ratio(e["tp_mm3"], e["tp_mm3"] + e["fn_mm3"])
+        e["ppv_volume"] = _ratio(e["tp_mm3"], e["tp_mm3"] + e["fp_mm3"])
+        e["f1_volume"] = _ratio(2 * e["tp_mm3"], 2 * e["tp_mm3"] + e["fp_mm3"] + e["fn_mm3"])
+        out[name] = e
+    return out
+
+
+def icc_absolute_agreement(x: Sequence[float], y: Sequence[float]) -> float:
+    """ICC(A,1): two-way random effects, absolute agreement, single measures (McGraw & Wong 1996).
+
+    With n subjects and k = 2 raters: ``(MSR - MSE) / (MSR + (k - 1) MSE + k (MSC - MSE) / n)``, where
+    MSR, MSC and MSE are the mean squares of subjects, raters and residual of the two-way ANOVA.
+    """
+    data = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    n, k = data.shape
+    if n < 2:
+        raise ValueError(f"ICC needs at least 2 subjects, got {n}")
+    grand = data.mean()
+    ss_rows = k * ((data.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((data.mean(axis=0) - grand) ** 2).sum()
+    ss_err = ((data - grand) ** 2).sum() - ss_rows - ss_cols
+    msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
+    den = msr + (k - 1) * mse + k * (msc - mse) / n
+    return _ratio(msr - mse, den) if den != 0 else float("nan")
+
+
+def weighted_kappa(a: Sequence[int], b: Sequence[int], n_categories: int, weights: str = "linear") -> float:
+    """Cohen's kappa with linear (``|i - j| / (K - 1)``) or quadratic disagreement weights (Cohen 1968)."""
+    a, b = np.asarray(a, int), np.asarray(b, int)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("weighted kappa needs two equally long, non-empty rating lists")
+    if min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= n_categories:
+        raise ValueError(f"ratings must lie in 0..{n_categories - 1}")
+    observed = np.zeros((n_categories, n_categories))
+    np.add.at(observed, (a, b), 1)
+    observed /= a.size
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
+    i, j = np.indices((n_categories, n_categories))
+    w = np.abs(i - j) / (n_categories - 1)
+    if weights == "quadratic":
+        w = w**2
+    elif weights != "linear":
+        raise ValueError(f"weights must be 'linear' or 'quadratic', got {weights!r}")
+    den = (w * expected).sum()
+    return 1.0 - (w * observed).sum() / den if den > 0 else 1.0
+
+
+def risk_category_index(agatston: float) -> int:
+    """0..4 for the classic categories 0 / 1-10 / 11-100 / 101-400 / >400."""
+    return RISK_CATEGORIES.index(risk_category(agatston))
+
+
+def pixel_scores(references: Sequence, predictions: Sequence) -> dict:
+    """Precision, recall and F1 of calcium voxels (label > 0), pooled over all cases (Araújo et al., Eqs. 1-3)."""
+    tp = fp = fn = 0
+    for r, p in zip(references, predictions):
+        r, p = np.asarray(r) > 0, np.asarray(p) > 0
+        if r.shape != p.shape:
+            raise ValueError(f"reference {r.shape} and prediction {p.shape} differ")
+        tp += int((r & p).sum())
+        fp += int((~r & p).sum())
+        fn += int((r & ~p).sum())
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def stage3_comparison(references: Sequence, without_stage3: Sequence, with_stage3: Sequence) -> dict:
+    """The paper's Table 5: pixel precision, recall and F1 without and with false-positive removal."""
+    return {"without_stage3": pixel_scores(references, without_stage3), "with_stage3": pixel_scores(references, with_stage3)}
+
+
+def evaluate_cohort(cases: Sequence[Mapping]) -> dict:
+    """The full protocol over cases ``{"hu", "reference", "prediction", "spacing", "agatston_reference",
+    "agatston_predicted", "volume_reference", "volume_predicted"}`` (scores from the project's scoring)."""
+    lesions = [orcascore_lesions(c["hu"], c["reference"], c["prediction"], c.get("spacing", (1, 1, 1))) for c in cases]
+    ag_r = [c["agatston_reference"] for c in cases]
+    ag_p = [c["agatston_predicted"] for c in cases]
+    return {
+        "lesions": lesion_detection(lesions),
+        "agatston_icc": icc_absolute_agreement(ag_r, ag_p) if len(cases) > 1 else float("nan"),
+        "volume_icc": icc_absolute_agreement([c["volume_reference"] for c in cases], [c["volume_predicted"] for c in cases]) if len(cases) > 1 else float("nan"),
+        "risk_kappa_linear": weighted_kappa([risk_category_index(s) for s in ag_r], [risk_category_index(s) for s in ag_p], len(RISK_CATEGORIES)),
+        "risk_accuracy": float(np.mean([risk_category_index(r) == risk_category_index(p) for r, p in zip(ag_r, ag_p)])),
+        "pixels": pixel_scores([c["reference"] for c in cases], [c["prediction"] for c in cases]),
+    }
+
+
+def evaluate_predictions(items: Sequence[Mapping], prediction_dir, postfix: str = "_seg", ext: str = ".nii.gz") -> dict:
+    """The protocol for inference outputs: each datalist item ``{"image", "label"}`` is paired with
+    ``<prediction_dir>/<image stem><postfix><ext>`` (what ``inference.json`` writes); scores by the
+    project's :func:`~ctbundles.transforms.calcium_scoring.score_calcium` with the orCaScore artery labels.
+
+    Returns :func:`evaluate_cohort`'s dict plus ``"cases"`` (per-case Agatston and volume, both sides).
+    """
+    from pathlib import Path
+
+    from ctbundles.errors import CTInputError
+    from ctbundles.transforms.calcium_scoring import CalciumScoreParams, score_calcium
+    from ctbundles.transforms.calcium_transforms import geometry_from_meta
+    from ctbundles.transforms.ct_io import load_ct, load_label
+
+    params = CalciumScoreParams(artery_labels=dict(ORCASCORE_ARTERIES))
+    cases, rows = [], []
+    for item in items:
+        image = load_ct(item["image"])
+        stem = Path(item["image"]).name.split(".")[0]
+        pred_path = Path(prediction_dir) / f"{stem}{postfix}{ext}"
+        if not pred_path.is_file():
+            raise CTInputError(f"{pred_path}: no prediction for {item['image']}")
+        ref = np.asarray(load_label(item["label"], like=image)).astype(np.int64)
+        ref[ref > 3] = 0  # orCaScore 4 = artery not determined: not an artery lesion
+        pred = np.asarray(load_label(str(pred_path), like=image)).astype(np.int64)
+        hu = np.asarray(image, np.float32)
+        spacing, increment, _ = geometry_from_meta(image)
+        s_ref = score_calcium(hu, ref, spacing, slice_increment_mm=increment, params=params)
+        s_pred = score_calcium(hu, pred, spacing, slice_increment_mm=increment, params=params)
+        cases.append({"hu": hu, "reference": ref, "prediction": pred, "spacing": spacing,
+                      "agatston_reference": s_ref["agatston"], "agatston_predicted": s_pred["agatston"],
+                      "volume_reference": s_ref["volume_mm3"], "volume_predicted": s_pred["volume_mm3"]})
+        rows.append({"image": str(item["image"]), "agatston_reference": s_ref["agatston"], "agatston_predicted": s_pred["agatston"],
+                     "volume_reference": s_ref["volume_mm3"], "volume_predicted": s_pred["volume_mm3"]})
+    result = evaluate_cohort(cases)
+    result["cases"] = rows
+    return result

@@ -1,0 +1,144 @@
+"""The whole orCaScore cascade as one MONAI inferer (Araújo et al., Sect. 3.2, Fig. 1).
+
+``network`` (the one a MONAI bundle / MONAI Label passes to the inferer) is the calcification
+network of stage 2; the heart-ROI network (stage 1) and the false-positive network (stage 3) are held
+by the inferer. Input: histogram-matched, intensity-scaled volumes ``(B, 1, X, Y, Z)``; every stage
+works on 2D axial slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
+
+from ctbundles.transforms.orcascore_cascade import (
+    component_crop_boxes,
+    extract_crops,
+    heart_roi_box,
+    paste_crops,
+    widen_range,
+)
+
+__all__ = ["OrcaScoreCascadeInferer"]
+
+
+def _run_slices(net: nn.Module, slices: torch.Tensor, batch: int) -> torch.Tensor:
+    """``net`` over ``(N, C, h, w)`` in chunks of ``batch``; returns softmax probabilities."""
+    outs = [torch.softmax(net(slices[i : i + batch]), dim=1) for i in range(0, slices.shape[0], batch)]
+    return torch.cat(outs) if outs else slices.new_zeros((0,))
+
+
+class OrcaScoreCascadeInferer(Inferer):
+    """Heart ROI -> calcification segmentation -> false-positive removal (Araújo et al., Sects. 3.2.1-3.2.3).
+
+    For every volume of the batch:
+
+    1. ``roi_network`` segments the heart on every axial slice; the patient's ROI is the bounding box
+       of the OR of all slice masks after an opening with a ``opening_size`` x ``opening_size``
+       rectangle (:func:`~ctbundles.transforms.orcascore_cascade.heart_roi_box`); without any heart,
+       the whole slice is used. The box is widened to ``min_roi_size`` pixels at least.
+    2. ``network`` (stage 2) segments calcium on every slice of the ROI crop; outside the ROI the
+       output is background.
+    3. When ``fp_network`` is given and ``use_fp_stage`` is true, every 2D component of the stage-2
+       foreground gets a ``crop_size`` x ``crop_size`` window of the input slice; ``fp_network``
+       keeps or removes calcium in each window, the windows' masks are pasted back (OR), and stage-2
+       voxels outside the pasted mask become background. The artery class of a kept voxel is stage 2's.
+
+    All networks are put in eval mode. Returns a float one-hot tensor ``(B, n_classes, X, Y, Z)`` (``n_classes`` = stage 2's outputs), so
+    ``AsDiscreted(argmax=True)`` gives the label map. The 130 HU rule is applied after this, on HU.
+
+    Args:
+        roi_network: stage-1 heart network (2D, 1 channel in; output channel 1 = heart, or 1 channel + sigmoid).
+        fp_network: stage-3 network (2D, 1 channel in, 2 channels out), or ``None`` to skip stage 3.
+        opening_size: opening element side for the heart ROI (7).
+        min_roi_size: smallest ROI side in pixels (32, one EfficientNet down-sampling step of 32).
+        crop_size: stage-3 window side (96).
+        slice_batch_size: slices per forward pass of stages 1 and 2 (memory knob).
+        fp_batch_size: windows per forward pass of stage 3.
+        use_fp_stage: switch for the paper's Table 5 (with / without false-positive removal).
+    """
+
+    def __init__(
+        self,
+        roi_network: nn.Module,
+        fp_network: nn.Module | None = None,
+        opening_size: int = 7,
+        min_roi_size: int = 32,
+        crop_size: int = 96,
+        slice_batch_size: int = 4,
+        fp_batch_size: int = 24,
+        use_fp_stage: bool = True,
+    ) -> None:
+        super().__init__()
+        self.roi_network = roi_network
+        self.fp_network = fp_network
+        self.opening_size = opening_size
+        self.min_roi_size = min_roi_size
+        self.crop_size = crop_size
+        self.slice_batch_size = slice_batch_size
+        self.fp_batch_size = fp_batch_size
+        self.use_fp_stage = use_fp_stage
+        self.last_roi_boxes: list = []
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        if inputs.ndim != 5 or inputs.shape[1] != 1:
+            raise ValueError(f"the cascade expects (B, 1, X, Y, Z) volumes, got shape {tuple(inputs.shape)}")
+        for net in (network, self.roi_network, self.fp_network):
+            if net is not None:
+                net.eval()
+        outs, self.last_roi_boxes = [], []
+        for vol in inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs:
+            out, box = self._one(vol, network)
+            outs.append(out)
+            self.last_roi_boxes.append(box)
+        # the output keeps the input's type and metadata (MetaTensor), so SaveImaged writes it on the input grid
+        return convert_to_dst_type(torch.stack(outs), inputs)[0]
+
+    def heart_masks(self, vol: torch.Tensor) -> np.ndarray:
+        """Stage 1: ``(X, Y, Z)`` heart masks of the slices of ``vol`` ``(1, X, Y, Z)``."""
+        slices = vol.permute(3, 0, 1, 2)  # (Z, 1, X, Y)
+        logits = torch.cat([self.roi_network(slices[i : i + self.slice_batch_size]) for i in range(0, slices.shape[0], self.slice_batch_size)])
+        fg = logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(1) == 1
+        return fg.permute(1, 2, 0).cpu().numpy()
+
+    def _one(self, vol: torch.Tensor, network: nn.Module):
+        _, nx, ny, nz = vol.shape
+        box = heart_roi_box(self.heart_masks(vol), self.opening_size)
+        if box is None:
+            box = ((0, nx), (0, ny))
+        box = tuple(widen_range(lo, hi, self.min_roi_size, n) for (lo, hi), n in zip(box, (nx, ny)))
+        (x0, x1), (y0, y1) = box
+        crop = vol[:, x0:x1, y0:y1].permute(3, 0, 1, 2)  # (Z, 1, h, w)
+        probs = _run_slices(network, crop, self.slice_batch_size)  # (Z, K, h, w)
+        n_classes = probs.shape[1]
+        label = torch.zeros((nx, ny, nz), dtype=torch.long, device=vol.device)
+        label[x0:x1, y0:y1] = probs.argmax(1).permute(1, 2, 0)
+        if self.use_fp_stage and self.fp_network is not None:
+            label = label * torch.as_tensor(self.keep_mask(vol, label > 0), device=label.device)
+        onehot = torch.nn.functional.one_hot(label, n_classes).permute(3, 0, 1, 2).to(vol.dtype)
+        return onehot, [[x0, x1], [y0, y1]]
+
+    def keep_mask(self, vol: torch.Tensor, fg: torch.Tensor) -> np.ndarray:
+        """Stage 3: ``(X, Y, Z)`` mask of the stage-2 foreground that the false-positive network keeps."""
+        fg_np = fg.cpu().numpy()
+        img = vol[0].cpu().numpy()
+        keep = np.zeros(fg_np.shape, bool)
+        jobs = [(z, component_crop_boxes(fg_np[:, :, z], self.crop_size)) for z in range(fg_np.shape[2])]
+        jobs = [(z, c) for z, c in jobs if c]
+        if not jobs:
+            return keep
+        crops = np.concatenate([extract_crops(img[:, :, z], c, self.crop_size) for z, c in jobs])
+        x = torch.as_tensor(crops[:, None], dtype=vol.dtype, device=vol.device)
+        probs = _run_slices(self.fp_network, x, self.fp_batch_size)
+        kept = (probs.argmax(1) > 0).cpu().numpy().astype(np.float32)
+        start = 0
+        for z, corners in jobs:
+            pasted = paste_crops(kept[start : start + len(corners)], corners, fg_np.shape[:2])
+            keep[:, :, z] = pasted > 0
+            start += len(corners)
+        return keep & fg_np
+

@@ -1,0 +1,197 @@
+"""Bundle `cac_orcascore_cascade_ct_segmentation`: configs, Model Zoo checks for every stage, tiny train and inference runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, run, verify_net_in_out
+
+from conftest import BUNDLES_DIR
+
+BUNDLE = BUNDLES_DIR / "cac_orcascore_cascade_ct_segmentation"
+CONFIGS = BUNDLE / "configs"
+META = str(CONFIGS / "metadata.json")
+TRAIN = str(CONFIGS / "train.json")
+
+# stage -> (config files, network id, output channels, FlexibleUNet backbone or None)
+STAGES = {
+    "roi": ([TRAIN, str(CONFIGS / "train_roi.json")], "network_def", 2, None),
+    "calcium": ([TRAIN, str(CONFIGS / "train_calcium.json")], "network_def", 4, "efficientnet-b0"),
+    "fp": ([TRAIN, str(CONFIGS / "train_fp.json")], "network_def", 2, "efficientnet-b5"),
+}
+
+
+def parser_for(files, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser.read_meta(META)
+    parser.update(overrides)
+    return parser
+
+
+def test_paper_hyperparameters_per_stage():
+    expected = {  # Araújo et al., Sect. 4.1: batch, lr, max epochs, early-stopping patience
+        "roi": (2, 1e-4, 70, 7, "OrcaScoreDiceLoss"),
+        "calcium": (4, 1e-4, 70, 5, "OrcaScoreFocalLoss"),
+        "fp": (24, 1e-4, 50, 7, "OrcaScoreFocalLoss"),
+    }
+    for stage, (files, *_rest) in STAGES.items():
+        p = parser_for(files)
+        got = (p["batch_size"], p["learning_rate"], p["epochs"], p["patience"], p["loss"]["_target_"].rsplit(".", 1)[1])
+        assert got == expected[stage], stage
+        assert p["stage"] == stage
+    # flips along both in-plane axes and rotations up to 45 degrees
+    aug = parser_for(STAGES["calcium"][0])["augmentation"]
+    assert [a.get("spatial_axis") for a in aug[:2]] == [0, 1]
+    assert aug[2]["range_x"] == pytest.approx(np.pi / 4)
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_network_from_config_scripts(stage):
+    files, net_id, out_channels, backbone = STAGES[stage]
+    overrides = {"backbone": "efficientnet-b0"} if stage == "fp" else {}  # B5 scripting: tests/networks (slow)
+    net = parser_for(files, **overrides).get_parsed_content(net_id).eval()
+    if backbone is not None:
+        assert net.backbone == (overrides.get("backbone") or backbone)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        y = net(x)
+        torch.testing.assert_close(torch.jit.script(net)(x), y)
+    assert y.shape == (1, out_channels, 64, 64)
+
+
+def test_verify_net_in_out_stage2_subprocess(tmp_path):
+    """The Model Zoo's own check, as it runs it, on network_def of inference.json (stage 2)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", META,
+           "--config_file", str(CONFIGS / "inference.json"), "--n", "2"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "verified with no error" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("stage", ["roi", "fp"])
+def test_verify_net_in_out_stages_1_and_3(stage):
+    files, _, out_channels, _ = STAGES[stage]
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=files, n=3, backbone="efficientnet-b0",
+                      **{"_meta_#network_data_format#outputs#pred#num_channels": out_channels})
+
+
+def test_ckpt_export_torchscript(tmp_path):
+    parser = parser_for([str(CONFIGS / "inference.json")])
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=META, config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
+    ts = torch.jit.load(str(tmp_path / "model.ts"))
+    assert ts(torch.rand(1, 1, 64, 64)).shape == (1, 4, 64, 64)
+
+
+# ------------------------------------------------------------------ tiny synthetic cohort runs
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from ctbundles.datasets import nifti_folder, orcascore
+    from ctbundles.synthetic.registry import generate
+
+    root = tmp_path_factory.mktemp("orcascore")
+    heart_items = []
+    for i in range(2):
+        case = generate("cardiac", i, small=True, shape=(64, 64, 6), spacing=(3.5, 3.5, 5.0), n_plaques=6)
+        orcascore.write_case(case, root, vendor=1, patient=i + 1)
+        paths = nifti_folder.write_case(case, root / "heart")
+        heart_items.append({"image": str(paths["image"]), "label": str(paths["heart_mask"])})
+    (root / "heart_datalist.json").write_text(json.dumps({"training": heart_items[:1], "validation": heart_items[1:]}))
+    return root
+
+
+def tiny_overrides(root: Path, bundle_root: Path) -> dict:
+    dl = __import__("ctbundles.datasets.orcascore", fromlist=["build_datalist"]).build_datalist(root)["training"]
+    return {
+        "bundle_root": str(bundle_root), "dataset_dir": str(root), "epochs": 1, "num_workers": 0,
+        "histogram_reference": "$None", "train_datalist": dl[:1], "val_datalist": dl[1:],
+    }
+
+
+@pytest.mark.slow  # about 1 minute on a shared 2-core CPU
+def test_train_stage2_one_epoch_writes_checkpoint(cohort, tmp_path):
+    run(run_id="run", config_file=TRAIN, logging_file=str(CONFIGS / "logging.conf"), patch_size=32, batch_size=2,
+        **tiny_overrides(cohort, tmp_path))
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
+    assert state["segmentation_head.0.weight"].shape[0] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,extra", [
+    ("roi", {"image_size": 32}),
+    ("fp", {"crop_size": 32, "batch_size": 4, "backbone": "efficientnet-b0"}),
+])
+def test_train_stages_1_and_3_one_epoch(cohort, tmp_path, stage, extra):
+    overrides = tiny_overrides(cohort, tmp_path)
+    if stage == "roi":
+        del overrides["train_datalist"], overrides["val_datalist"]
+    run(run_id="run", config_file=STAGES[stage][0], **overrides, **extra)
+    assert (tmp_path / "models" / ("model_roi.pt" if stage == "roi" else "model_fp.pt")).is_file()
+
+
+def test_inference_cascade_writes_segmentation_on_input_grid_and_scores(cohort, tmp_path):
+    parser = parser_for([str(CONFIGS / "inference.json")], fp_backbone="efficientnet-b0")
+    models = tmp_path / "models"
+    models.mkdir()
+    for key, name in (("roi_network_def", "model_roi.pt"), ("network_def", "model.pt"), ("fp_network_def", "model_fp.pt")):
+        torch.manual_seed(0)
+        torch.save(parser.get_parsed_content(key).state_dict(), models / name)
+    out = tmp_path / "out"
+    image = cohort / "Training" / "Images" / "TRV1P1CTI.mhd"
+    single = tmp_path / "in"
+    single.mkdir()
+    for suffix in (".mhd", ".raw"):
+        (single / f"TRV1P1CTI{suffix}").symlink_to(image.with_suffix(suffix))
+    run(run_id="run", config_file=str(CONFIGS / "inference.json"), bundle_root=str(tmp_path), dataset_dir=str(single),
+        output_dir=str(out), histogram_reference="$None", fp_backbone="efficientnet-b0")
+    seg = nib.load(str(out / "TRV1P1CTI_seg.nii.gz"))
+    assert seg.shape == (64, 64, 6)
+    values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+    assert values <= {0, 1, 2, 3}
+    report = json.loads((out / "TRV1P1CTI.json").read_text())
+    for key in ("agatston", "volume_mm3", "per_artery", "risk_category", "cac_drs"):
+        assert key in report
+    assert (out / "scores.csv").read_text().startswith("case,")
+
+
+def test_evaluate_overlay_builds_evaluator_with_checkpoint_loader(tmp_path):
+    parser = parser_for([TRAIN, str(CONFIGS / "evaluate.json")], bundle_root=str(tmp_path), val_datalist=[], train_datalist=[],
+                        histogram_reference=None)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    loaders = [h for h in parser.get_parsed_content("validate#handlers") if type(h).__name__ == "CheckpointLoader"]
+    assert len(loaders) == 1 and loaders[0].load_path == os.path.join(str(tmp_path), "models", "model.pt")
+    assert [r.replace("::", "#") for r in parser["run"]] == ["$@validate#evaluator.run()"]
+    assert type(evaluator).__name__ == "SupervisedEvaluator"
+
+
+def test_multi_gpu_overlay_wraps_network_and_keeps_early_stopping_on_all_ranks():
+    parser = parser_for([TRAIN, str(CONFIGS / "multi_gpu_train.json")])
+    assert parser["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert parser["train#dataloader#sampler"] == "@train#sampler"
+    assert "@validate#early_stopping" in parser["validate#evaluator#val_handlers"].replace("::", "#")
+    assert "$@validate#early_stopping.set_trainer(trainer=@train#trainer)" in [i.replace("::", "#") for i in parser["initialize"]]
+
+
+def test_shipped_histogram_reference_is_the_default_and_loads():
+    from ctbundles.transforms.orcascore_cascade import HistogramMatch
+
+    for files in ([str(CONFIGS / "inference.json")], [TRAIN]):
+        path = Path(parser_for(files, bundle_root=str(BUNDLE)).get_parsed_content("histogram_reference"))
+        assert path == BUNDLE / "models" / "histogram_reference.npy" and path.is_file()
+    record = json.loads((BUNDLE / "models" / "histogram_reference.json").read_text())
+    assert record["f1"] > 0 and "provenance" in record
+    matcher = HistogramMatch(BUNDLE / "models" / "histogram_reference.npy")
+    ref = matcher.reference
+    assert ref.ndim == 2 and ref.min() >= -1100 and ref.max() > 130  # a HU slice with some calcium-range values
+    out = np.asarray(matcher(np.linspace(-1000, 1000, 1000, dtype=np.float32)))
+    assert ref.min() <= out.min() < out.max() <= ref.max() and (np.diff(out) >= 0).all()  # monotone, in the reference range

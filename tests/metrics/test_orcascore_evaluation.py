@@ -1,0 +1,129 @@
+"""orCaScore evaluation protocol and pixel-level metrics: hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ctbundles.metrics.orcascore_evaluation import (
+    evaluate_cohort,
+    icc_absolute_agreement,
+    lesion_detection,
+    orcascore_lesions,
+    pixel_scores,
+    risk_category_index,
+    stage3_comparison,
+    weighted_kappa,
+)
+
+
+def toy_case():
+    hu = np.zeros((10, 10, 3), np.float32)
+    ref = np.zeros((10, 10, 3), np.uint8)
+    pred = np.zeros_like(ref)
+    hu[1:3, 1:3, 0] = 200; ref[1:3, 1:3, 0] = 1; pred[1:3, 1:3, 0] = 1  # A: LAD found (4 voxels)
+    hu[6, 6, 0:2] = 300; ref[6, 6, 0:2] = 3; pred[6, 6, 0:2] = 2  # B: RCA called LCX (2 voxels)
+    hu[8, 1, 2] = 400; pred[8, 1, 2] = 1  # C: LAD false positive (1 voxel)
+    hu[5, 5, 1] = 100; ref[5, 5, 1] = 1  # below 130 HU: no lesion
+    hu[0, 9, 0] = hu[1, 8, 0] = 200; ref[0, 9, 0] = ref[1, 8, 0] = 2  # D1, D2: diagonal -> two 6-connected lesions, missed
+    return hu, ref, pred
+
+
+def test_lesions_are_6_connected_above_130_with_majority_labels():
+    hu, ref, pred = toy_case()
+    les = orcascore_lesions(hu, ref, pred, spacing=(1.0, 1.0, 2.0))
+    rows = sorted(zip(les["reference_label"].tolist(), les["predicted_label"].tolist(), les["volume_mm3"].tolist()))
+    assert rows == [(0, 1, 2.0), (1, 1, 8.0), (2, 0, 2.0), (2, 0, 2.0), (3, 2, 4.0)]
+
+
+def test_majority_label_of_mixed_lesion():
+    hu = np.full((4, 1, 1), 300.0)
+    ref = np.array([1, 1, 1, 2], np.uint8).reshape(4, 1, 1)
+    pred = np.array([0, 0, 3, 3], np.uint8).reshape(4, 1, 1)
+    les = orcascore_lesions(hu, ref, pred)
+    assert les["reference_label"].tolist() == [1] and les["predicted_label"].tolist() == [3]
+
+
+def test_lesion_detection_per_artery():
+    hu, ref, pred = toy_case()
+    det = lesion_detection([orcascore_lesions(hu, ref, pred, spacing=(1.0, 1.0, 2.0))])
+    lad, lcx, rca, total = det["LAD"], det["LCX"], det["RCA"], det["all"]
+    assert (lad["tp"], lad["fp"], lad["fn"]) == (1, 1, 0)
+    assert lad["sensitivity"] == 1.0 and lad["ppv"] == 0.5 and lad["ppv_volume"] == pytest.approx(0.8)
+    assert lad["f1_volume"] == pytest.approx(16 / 18)
+    assert (lcx["tp"], lcx["fp"], lcx["fn"], lcx["fn_mm3"]) == (0, 1, 2, 4.0)
+    assert lcx["sensitivity"] == 0.0 and lcx["f1_volume"] == 0.0
+    assert (rca["tp"], rca["fp"], rca["fn"]) == (0, 0, 1) and math.isnan(rca["ppv"])
+    assert (total["tp"], total["fp"], total["fn"]) == (2, 1, 2)
+    assert total["sensitivity"] == 0.5 and total["ppv"] == pytest.approx(2 / 3)
+    assert total["f1_volume"] == pytest.approx(24 / 30)
+
+
+@pytest.mark.parametrize("x,y,expected", [
+    ([1, 2, 3], [1, 2, 3], 1.0),
+    ([1, 2, 3], [2, 3, 4], 2 / 3),  # constant offset: MSR 2, MSC 1.5, MSE 0 -> 2 / (2 + 2 * 1.5 / 3)
+])
+def test_icc_absolute_agreement(x, y, expected):
+    assert icc_absolute_agreement(x, y) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("a,b,k,expected", [
+    ([0, 1, 2], [0, 1, 2], 3, 1.0),
+    ([0, 0, 1, 1], [0, 1, 0, 1], 2, 0.0),
+    ([0, 1, 2, 2], [0, 2, 2, 1], 3, 3 / 7),  # observed 0.25, chance 0.4375 weighted disagreement
+])
+def test_linearly_weighted_kappa(a, b, k, expected):
+    assert weighted_kappa(a, b, k) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("score,index", [(0, 0), (0.5, 1), (10, 1), (10.1, 2), (100, 2), (400, 3), (400.1, 4)])
+def test_risk_category_index(score, index):
+    assert risk_category_index(score) == index
+
+
+def test_pixel_scores_pooled_and_stage3_table():
+    ref = [np.array([1, 1, 0, 0]), np.array([0, 2, 0, 0])]
+    without = [np.array([1, 1, 1, 1]), np.array([0, 3, 1, 0])]  # tp 3, fp 3
+    with_fp = [np.array([1, 0, 0, 0]), np.array([0, 1, 0, 0])]  # tp 2, fn 1
+    t = stage3_comparison(ref, without, with_fp)
+    assert t["without_stage3"]["precision"] == 0.5 and t["without_stage3"]["recall"] == 1.0
+    assert t["without_stage3"]["f1"] == pytest.approx(6 / 9)
+    assert t["with_stage3"]["precision"] == 1.0 and t["with_stage3"]["recall"] == pytest.approx(2 / 3)
+    assert t["with_stage3"]["f1"] == pytest.approx(0.8)
+    assert math.isnan(pixel_scores([np.zeros(3)], [np.zeros(3)])["precision"])
+
+
+def test_evaluate_cohort_combines_protocol():
+    hu, ref, pred = toy_case()
+    cases = [
+        {"hu": hu, "reference": ref, "prediction": pred, "spacing": (1, 1, 2), "agatston_reference": 50.0,
+         "agatston_predicted": 60.0, "volume_reference": 10.0, "volume_predicted": 12.0},
+        {"hu": hu, "reference": ref, "prediction": ref, "spacing": (1, 1, 2), "agatston_reference": 500.0,
+         "agatston_predicted": 300.0, "volume_reference": 100.0, "volume_predicted": 100.0},
+    ]
+    res = evaluate_cohort(cases)
+    assert res["lesions"]["all"]["tp"] == 2 + 4
+    assert res["risk_accuracy"] == 0.5  # 11-100 agrees, >400 vs 101-400 does not
+    assert -1.0 <= res["agatston_icc"] <= 1.0 and res["volume_icc"] > 0.9
+
+
+def test_evaluate_predictions_reads_inference_outputs(tmp_path):
+    import nibabel as nib
+
+    from ctbundles.datasets.orcascore import write_mhd
+    from ctbundles.metrics.orcascore_evaluation import evaluate_predictions
+
+    hu, ref, pred = toy_case()
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    image = write_mhd(tmp_path / "TRV1P1CTI.mhd", hu, affine, np.int16)
+    label = write_mhd(tmp_path / "TRV1P1R.mhd", ref, affine, np.uint8)
+    nib.save(nib.Nifti1Image(pred, affine), tmp_path / "TRV1P1CTI_seg.nii.gz")
+    res = evaluate_predictions([{"image": str(image), "label": str(label)}], tmp_path)
+    assert (res["lesions"]["all"]["tp"], res["lesions"]["all"]["fp"], res["lesions"]["all"]["fn"]) == (2, 1, 2)
+    assert res["lesions"]["LAD"]["tp_mm3"] == 8.0
+    assert res["pixels"]["tp"] == 4 + 2 and res["pixels"]["fp"] == 1
+    assert res["cases"][0]["volume_predicted"] > 0
+    with pytest.raises(Exception, match="no prediction"):
+        evaluate_predictions([{"image": str(image), "label": str(label)}], tmp_path / "none")

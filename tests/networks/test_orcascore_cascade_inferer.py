@@ -1,0 +1,78 @@
+"""The whole cascade (Araújo et al., Sect. 3.2, Fig. 1) with hand-made stage networks of known behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ctbundles.networks.orcascore_cascade import OrcaScoreCascadeInferer
+from ctbundles.networks.orcascore_encoder_unet import OrcaScoreEncoderUNet
+from ctbundles.networks.orcascore_heart_unet import OrcaScoreHeartUNet
+
+
+class ThresholdNet(nn.Module):
+    """Two-class logits: class 1 where the input exceeds ``t``."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 100 * (x - self.t)], dim=1)
+
+
+def phantom():
+    vol = torch.zeros(1, 1, 128, 128, 4)
+    vol[0, 0, 40:80, 50:90, :] = 0.6  # heart on every slice
+    vol[0, 0, 120, :, 1] = 1.0  # a one-pixel "rib" line: heart net says heart, opening removes it
+    vol[0, 0, 60:62, 60:63, 2] = 1.0  # coronary calcium in the heart (6 px)
+    vol[0, 0, 45:47, 85:87, 2] = 0.93  # aortic calcium in the heart ROI (4 px), a false positive
+    vol[0, 0, 120, 10:14, 3] = 1.0  # bone outside the ROI (4 px)
+    return vol
+
+
+def test_cascade_stages_roi_calcium_and_false_positive_removal():
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.95))
+    out = inferer(phantom(), ThresholdNet(0.9))
+    assert out.shape == (1, 2, 128, 128, 4)
+    assert inferer.last_roi_boxes == [[[40, 80], [50, 90]]]  # the rib line did not widen the box
+    label = out.argmax(1)[0]
+    expected = torch.zeros(128, 128, 4, dtype=torch.long)
+    expected[60:62, 60:63, 2] = 1  # aortic FP removed by stage 3, bone outside the ROI never seen
+    assert torch.equal(label, expected)
+    # one-hot: probabilities of each voxel sum to one
+    torch.testing.assert_close(out.sum(1), torch.ones(1, 128, 128, 4))
+
+
+def test_cascade_without_stage3_keeps_aortic_false_positive():
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.95), use_fp_stage=False)
+    label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]
+    assert int(label.sum()) == 6 + 4
+    assert int(label[45:47, 85:87, 2].sum()) == 4
+
+
+def test_cascade_without_heart_uses_whole_slice():
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(5.0), fp_network=None)  # never says heart
+    label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]
+    assert inferer.last_roi_boxes == [[[0, 128], [0, 128]]]
+    assert int(label.sum()) == 128 + 6 + 4 + 4  # rib line, coronary, aortic and bone
+
+
+def test_cascade_runs_paper_networks_small():
+    from monai.data import MetaTensor
+
+    roi = OrcaScoreHeartUNet(features=(4, 8, 16, 32, 64, 4))
+    calcium = OrcaScoreEncoderUNet(out_channels=4)
+    fp = OrcaScoreEncoderUNet(backbone="efficientnet-b0")
+    inferer = OrcaScoreCascadeInferer(roi, fp, min_roi_size=32)
+    x = MetaTensor(torch.rand(1, 1, 64, 64, 2), meta={"filename_or_obj": "case.mhd"})
+    out = inferer(x, calcium)
+    assert out.shape == (1, 4, 64, 64, 2)
+    assert not (roi.training or calcium.training or fp.training)  # batch norm in inference mode
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case.mhd"
+
+
+def test_cascade_rejects_non_volume():
+    with pytest.raises(ValueError, match="B, 1, X, Y, Z"):
+        OrcaScoreCascadeInferer(ThresholdNet(0.5))(torch.zeros(1, 1, 8, 8), ThresholdNet(0.5))
