@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ctbundles.atomic_io import atomic_write, atomic_write_text
 from ctbundles.errors import CTInputError
 
 PREFIX = "SMIR.Brain.XX.O."
@@ -56,31 +55,8 @@ PATIENTS_FILE = "patients.csv"
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _save_nifti(img: nib.Nifti1Image, path: Path) -> None:
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def _nifti(array: np.ndarray, affine: np.ndarray, dtype) -> nib.Nifti1Image:
@@ -174,7 +150,7 @@ def write_case(case, root, split: str = "TRAINING", case_number: int | None = No
     ids = _draw_ids(np.random.default_rng(seed), list(arrays), _existing_ids(root))
     for mod, array in arrays.items():
         name = f"{PREFIX}{mod}.{ids[mod]}"
-        _atomic_nifti(_nifti(array, case.affine, DTYPES[mod]), case_dir / name / f"{name}.nii")
+        _save_nifti(_nifti(array, case.affine, DTYPES[mod]), case_dir / name / f"{name}.nii")
     if record_patient:
         _record_patient(root, split, case_dir.name, patient_id or case.meta.get("patient_id", case.case_id),
                         case.meta.get("slab", ""))
@@ -191,7 +167,7 @@ def _record_patient(root: Path, split: str, case_name: str, patient: str, slab: 
     writer = csv.DictWriter(buf, fieldnames=["split", "case", "patient", "slab"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_text(buf.getvalue(), path)
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_cohort(root, n_patients: int, seed: int = 0, split: str = "TRAINING", first_case: int = 1,
@@ -440,5 +416,5 @@ def stack_maps(case, out_path=None, base_dir=None) -> Path:
     img = nib.Nifti1Image(np.stack(volumes, axis=-1), affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"channels: CBF, CBV, MTT, Tmax"
-    _atomic_nifti(img, out)
+    _save_nifti(img, out)
     return out

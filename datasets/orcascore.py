@@ -204,7 +204,7 @@ def build_datalist(root, folds: int = 4, seed: int = 0) -> dict:
         if m is None:
             excluded.append({"path": str(p), "reason": "name does not follow TRV{v}P{p}CTI.mhd / TRV{v}P{p}R.mhd"})
             continue
-        prefix, v, pt, kind = m.group(1).upper(), int(m.group(2)), int(m.group(3)), m.group(4).upper()
+        v, pt, kind = int(m.group(2)), int(m.group(3)), m.group(4).upper()
         problem = _data_file_problem(p)
         if problem:
             excluded.append({"path": str(p), "reason": problem})

@@ -13,13 +13,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ctbundles.atomic_io import atomic_write_text
 from ctbundles.metrics.icac_evaluation import dice_counts, save_volume_scatter, summarize
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -29,18 +29,6 @@ else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = ["ICACEvaluationHandler"]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _voxel_volume(image) -> float:
@@ -118,12 +106,12 @@ class ICACEvaluationHandler:
             self.logger.warning("ICACEvaluationHandler: no case collected, nothing written")
             return {}
         self.summary = summarize(self.cases)
-        _atomic_write(self.output_dir / "icac_evaluation.json", json.dumps({**self.summary, "cases": self.cases}, indent=2))
+        atomic_write_text(self.output_dir / "icac_evaluation.json", json.dumps({**self.summary, "cases": self.cases}, indent=2))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(self.cases[0]))
         writer.writeheader()
         writer.writerows(self.cases)
-        _atomic_write(self.output_dir / "icac_evaluation_cases.csv", buf.getvalue())
+        atomic_write_text(self.output_dir / "icac_evaluation_cases.csv", buf.getvalue())
         save_volume_scatter([c["pred_volume_mm3"] for c in self.cases], [c["ref_volume_mm3"] for c in self.cases],
                             self.output_dir / "icac_volume_scatter.png")
         self.logger.info("ICAC evaluation of %d cases: mean Dice %.3f, absolute Dice %s", len(self.cases),

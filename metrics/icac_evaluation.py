@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ctbundles.atomic_io import atomic_write
 
 __all__ = [
     "dice_counts",
@@ -160,13 +161,8 @@ def save_volume_scatter(pred_volume: Sequence[float], ref_volume: Sequence[float
     ax.set_ylabel("predicted ICAC volume (mm$^3$)")
     ax.set_title(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -203,7 +203,6 @@ def check_ct(image) -> list[Finding]:
     """
     meta = _meta(image)
     a = _array(image)
-    name = _name(image)
     findings: list[Finding] = []
 
     modality = str(meta.get("modality", "") or "").upper()

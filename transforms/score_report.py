@@ -11,40 +11,18 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from ctbundles.atomic_io import atomic_write_text
 
 __all__ = ["atomic_write_text", "case_id", "format_summary", "read_csv_rows", "report_row", "write_csv_rows", "write_json"]
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".dcm", ".json")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Refuses (``ValueError``) to write over any of ``inputs``; creates the parent folder.
-    """
-    path = Path(path)
-    target = path.resolve()
-    for src in inputs:
-        if src is not None and Path(src).exists() and Path(src).resolve() == target:
-            raise ValueError(f"refusing to write {path} over an input file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_json(path: str | os.PathLike, report: Mapping[str, Any], inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Atomically write a report as indented JSON."""
+    """Atomically write a report as indented JSON, never over one of ``inputs``."""
     return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n", inputs)
 
 

@@ -10,13 +10,12 @@ and no ``--series-uid``: the message lists them).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ctbundles.atomic_io import atomic_write_json
 
 DESCRIPTION = """\
 Load a CT (DICOM series folder, one .dcm of it, .nii/.nii.gz or .mhd/.mha) as the bundles do and
@@ -138,21 +137,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomic(path: str, data: dict) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args) -> int:
     if args.json_out and Path(args.json_out).resolve() == Path(args.image).resolve():
         from ctbundles.errors import CTInputError
@@ -161,5 +145,5 @@ def run(args) -> int:
     report = build_report(args.image, args.series_uid, tilt=args.tilt, nonuniform=args.nonuniform)
     print(format_report(report))
     if args.json_out:
-        _write_json_atomic(args.json_out, report)
+        atomic_write_json(args.json_out, report, inputs=[args.image])
     return 0 if report["ok"] else 1

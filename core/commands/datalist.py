@@ -13,13 +13,11 @@ exits 2 with the builder's message; a layout with no usable case exits 1.
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
+from ctbundles.atomic_io import atomic_write_json
 from ctbundles.errors import CTInputError
 
 LAYOUTS = {
@@ -48,20 +46,6 @@ def add_parser(subparsers):
     return parser
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args) -> int:
     root = Path(args.root)
     out = Path(args.out)
@@ -82,7 +66,7 @@ def run(args) -> int:
     if out.is_dir():
         raise CTInputError(f"{out}: --out is a folder; give the datalist JSON file to write")
     datalist = module.build_datalist(root, **kwargs)
-    _write_json_atomic(datalist, out)
+    atomic_write_json(out, datalist)
 
     training = datalist.get("training", [])
     testing = datalist.get("testing", [])

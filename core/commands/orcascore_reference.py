@@ -8,14 +8,12 @@ Also runnable as ``python -m ctbundles.commands.orcascore_reference``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ctbundles.atomic_io import atomic_write, atomic_write_json
 from ctbundles.errors import CTInputError
 
 DESCRIPTION = """\
@@ -95,19 +93,11 @@ def run(args) -> int:
     best = select_histogram_reference(cases(), segment)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npy")
-    os.close(fd)
-    np.save(tmp, best["reference"])
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: np.save(tmp, best["reference"]), suffix=".npy")
     record = {k: v for k, v in best.items() if k != "reference"}
     record.update({"shape": list(best["reference"].shape), "datalist": str(args.datalist), "checkpoint": str(args.checkpoint),
                    "method": "Araujo et al. Sect. 3.2.1: training slice with the best F1 of an initial heart segmentation"})
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out.with_suffix(".json"))
+    atomic_write_json(out.with_suffix(".json"), record)
     print(f"histogram reference: slice {best['slice']} of {best['case']} (F1 {best['f1']:.3f} among {best['n_slices']} slices) -> {out}")
     return 0
 
