@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ctbundles.transforms.calcium_scoring import risk_category
+from ctbundles.metrics.agreement import icc_absolute_agreement, weighted_kappa
+from ctbundles.transforms.calcium_scoring import RISK_CATEGORIES, risk_category_index
 
 __all__ = [
     "RISK_CATEGORIES",
@@ -29,7 +30,6 @@ __all__ = [
     "summarize_cohort",
 ]
 
-RISK_CATEGORIES = ("0", "1-10", "11-100", "101-400", ">400")
 """Classic Agatston risk categories in order (REFERENCES.md section 1)."""
 
 
@@ -81,80 +81,12 @@ def precision_recall_f1(tp: float, fp: float, fn: float) -> dict[str, float]:
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
-def icc_absolute_agreement(ratings) -> float:
-    """Two-way random-effects, absolute-agreement, single-measure ICC: ICC(2,1) of Shrout and Fleiss
-    (1979), ICC(A,1) of McGraw and Wong (1996), the statistic of the orCaScore evaluation::
-
-        ICC = (MSR - MSE) / (MSR + (k - 1) MSE + k (MSC - MSE) / n)
-
-    Args:
-        ratings: (n subjects, k raters) array, e.g. columns (reference Agatston, predicted Agatston).
-
-    Returns NaN when it is undefined (fewer than 2 subjects, or no variance at all).
-    """
-    x = np.asarray(ratings, dtype=float)
-    if x.ndim != 2 or x.shape[1] < 2:
-        raise ValueError(f"ratings must be (n subjects, k >= 2 raters), got shape {x.shape}")
-    n, k = x.shape
-    if n < 2:
-        return float("nan")
-    grand = x.mean()
-    ss_rows = k * np.sum((x.mean(axis=1) - grand) ** 2)
-    ss_cols = n * np.sum((x.mean(axis=0) - grand) ** 2)
-    ss_err = np.sum((x - grand) ** 2) - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
-    mse = ss_err / ((n - 1) * (k - 1))
-    denom = msr + (k - 1) * mse + k * (msc - mse) / n
-    if denom == 0:
-        return float("nan")
-    return float((msr - mse) / denom)
-
-
-def weighted_kappa(a: Sequence[int], b: Sequence[int], n_categories: int, weights: str = "linear") -> float:
-    """Cohen's weighted kappa of two ordinal ratings in ``0 .. n_categories - 1`` (Cohen 1968)::
-
-        kappa_w = 1 - sum(w_ij O_ij) / sum(w_ij E_ij),  w_ij = |i - j| / (K - 1)  (linear)
-
-    with O the observed and E the chance-expected (outer product of the marginals) proportions.
-    ``weights="quadratic"`` uses ``((i - j) / (K - 1))**2``. Returns 1.0 when both raters put every
-    subject in one same category (perfect agreement, no disagreement possible).
-    """
-    a = np.asarray(a, dtype=int)
-    b = np.asarray(b, dtype=int)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"ratings must be two 1D sequences of equal length, got {a.shape} and {b.shape}")
-    if a.size == 0:
-        return float("nan")
-    if a.min(initial=0) < 0 or max(a.max(initial=0), b.max(initial=0)) >= n_categories or b.min(initial=0) < 0:
-        raise ValueError(f"ratings must lie in 0..{n_categories - 1}")
-    obs = np.zeros((n_categories, n_categories))
-    np.add.at(obs, (a, b), 1.0)
-    obs /= a.size
-    exp = np.outer(obs.sum(axis=1), obs.sum(axis=0))
-    i, j = np.indices((n_categories, n_categories))
-    dist = np.abs(i - j) / max(n_categories - 1, 1)
-    if weights == "quadratic":
-        dist = dist**2
-    elif weights != "linear":
-        raise ValueError(f"weights must be 'linear' or 'quadratic', got {weights!r}")
-    expected = float(np.sum(dist * exp))
-    if expected == 0:
-        return 1.0
-    return float(1.0 - np.sum(dist * obs) / expected)
-
-
 def category_accuracy(a: Sequence, b: Sequence) -> float:
     """Fraction of subjects put in the same category by both ratings (the paper's "CAC rate")."""
     a, b = list(a), list(b)
     if len(a) != len(b):
         raise ValueError("ratings differ in length")
     return float(np.mean([x == y for x, y in zip(a, b)])) if a else float("nan")
-
-
-def risk_category_index(score: float) -> int:
-    """Index of the classic Agatston risk category of ``score`` in :data:`RISK_CATEGORIES`."""
-    return RISK_CATEGORIES.index(risk_category(score))
 
 
 def summarize_cohort(cases: Sequence[Mapping]) -> dict:

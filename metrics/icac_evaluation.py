@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ctbundles.atomic_io import atomic_write
+from ctbundles.metrics.agreement import icc_absolute_agreement
 
 __all__ = [
     "dice_counts",
@@ -73,28 +74,6 @@ def quarter_means(dice: Sequence[float], ref_volume: Sequence[float], groups: in
         raise ValueError(f"{d.size} Dice values but {v.size} volumes")
     order = np.argsort(v, kind="stable")
     return [float(np.mean(d[g])) if g.size else float("nan") for g in np.array_split(order, groups)]
-
-
-def icc_absolute_agreement(x: Sequence[float], y: Sequence[float]) -> float:
-    """ICC(A,1): two-way random effects, absolute agreement, single measurement.
-
-    With n subjects and k = 2 raters: ``(MSR - MSE) / (MSR + (k - 1) MSE + k (MSC - MSE) / n)``,
-    MSR the between-subject, MSC the between-rater and MSE the residual mean square.
-    """
-    data = np.stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)], axis=1)
-    n, k = data.shape
-    if n < 2:
-        return float("nan")
-    grand = data.mean()
-    ss_rows = k * ((data.mean(axis=1) - grand) ** 2).sum()
-    ss_cols = n * ((data.mean(axis=0) - grand) ** 2).sum()
-    ss_total = ((data - grand) ** 2).sum()
-    ss_err = ss_total - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
-    mse = ss_err / ((n - 1) * (k - 1))
-    denom = msr + (k - 1) * mse + k * (msc - mse) / n
-    return float("nan") if denom == 0 else float((msr - mse) / denom)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ctbundles.transforms.calcium_scoring import risk_category
+from ctbundles.metrics.agreement import icc_absolute_agreement, weighted_kappa
+from ctbundles.transforms.calcium_scoring import RISK_CATEGORIES, risk_category_index
 
 __all__ = [
     "ORCASCORE_ARTERIES",
@@ -37,7 +38,6 @@ __all__ = [
 
 #: orCaScore reference labels (REFERENCES.md section 1)
 ORCASCORE_ARTERIES = {"LAD": 1, "LCX": 2, "RCA": 3}
-RISK_CATEGORIES = ("0", "1-10", "11-100", "101-400", ">400")
 
 
 def _majority_nonzero(component_ids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
@@ -102,51 +102,6 @@ def lesion_detection(lesion_sets: Sequence[Mapping], arteries: Mapping[str, int]
         e["f1_volume"] = _ratio(2 * e["tp_mm3"], 2 * e["tp_mm3"] + e["fp_mm3"] + e["fn_mm3"])
         out[name] = e
     return out
-
-
-def icc_absolute_agreement(x: Sequence[float], y: Sequence[float]) -> float:
-    """ICC(A,1): two-way random effects, absolute agreement, single measures (McGraw & Wong 1996).
-
-    With n subjects and k = 2 raters: ``(MSR - MSE) / (MSR + (k - 1) MSE + k (MSC - MSE) / n)``, where
-    MSR, MSC and MSE are the mean squares of subjects, raters and residual of the two-way ANOVA.
-    """
-    data = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
-    n, k = data.shape
-    if n < 2:
-        raise ValueError(f"ICC needs at least 2 subjects, got {n}")
-    grand = data.mean()
-    ss_rows = k * ((data.mean(axis=1) - grand) ** 2).sum()
-    ss_cols = n * ((data.mean(axis=0) - grand) ** 2).sum()
-    ss_err = ((data - grand) ** 2).sum() - ss_rows - ss_cols
-    msr, msc, mse = ss_rows / (n - 1), ss_cols / (k - 1), ss_err / ((n - 1) * (k - 1))
-    den = msr + (k - 1) * mse + k * (msc - mse) / n
-    return _ratio(msr - mse, den) if den != 0 else float("nan")
-
-
-def weighted_kappa(a: Sequence[int], b: Sequence[int], n_categories: int, weights: str = "linear") -> float:
-    """Cohen's kappa with linear (``|i - j| / (K - 1)``) or quadratic disagreement weights (Cohen 1968)."""
-    a, b = np.asarray(a, int), np.asarray(b, int)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError("weighted kappa needs two equally long, non-empty rating lists")
-    if min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= n_categories:
-        raise ValueError(f"ratings must lie in 0..{n_categories - 1}")
-    observed = np.zeros((n_categories, n_categories))
-    np.add.at(observed, (a, b), 1)
-    observed /= a.size
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
-    i, j = np.indices((n_categories, n_categories))
-    w = np.abs(i - j) / (n_categories - 1)
-    if weights == "quadratic":
-        w = w**2
-    elif weights != "linear":
-        raise ValueError(f"weights must be 'linear' or 'quadratic', got {weights!r}")
-    den = (w * expected).sum()
-    return 1.0 - (w * observed).sum() / den if den > 0 else 1.0
-
-
-def risk_category_index(agatston: float) -> int:
-    """0..4 for the classic categories 0 / 1-10 / 11-100 / 101-400 / >400."""
-    return RISK_CATEGORIES.index(risk_category(agatston))
 
 
 def pixel_scores(references: Sequence, predictions: Sequence) -> dict:

@@ -174,6 +174,9 @@ def agatston_weight(peak_hu, threshold_hu: float = 130.0):
     return int(weight) if weight.ndim == 0 else weight
 
 
+RISK_CATEGORIES = ("0", "1-10", "11-100", "101-400", ">400")
+
+
 def risk_category(score: float) -> str:
     """Classic Agatston risk category: "0", "1-10", "11-100", "101-400", ">400".
 
@@ -190,6 +193,11 @@ def risk_category(score: float) -> str:
     if score <= 400:
         return "101-400"
     return ">400"
+
+
+def risk_category_index(score: float) -> int:
+    """Ordinal index (0..4) of :func:`risk_category` in :data:`RISK_CATEGORIES`, for kappa statistics."""
+    return RISK_CATEGORIES.index(risk_category(score))
 
 
 def cac_drs(score: float, n_vessels: int | None = None) -> str:
