@@ -1,14 +1,8 @@
-"""ctbundles.synthetic: synthetic CT cohorts with known answers (chest, cardiac, head, CT perfusion).
+"""ctbundles.synthetic: synthetic CT cohorts with known answers (chest, cardiac, head, CT perfusion)."""
 
-Public names are imported lazily (PEP 562), so importing one module of this package does not
-import the others.
-"""
+from ctbundles.lazy_exports import lazy_exports
 
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "SyntheticCase": "case",
     "GENERATORS": "registry",
     "generate": "registry",
@@ -20,18 +14,4 @@ _EXPORTS = {
     "HEAD_LABELS": "head",
     "generate_ctp": "ctp",
     "generate_ctp_patient": "ctp",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+})

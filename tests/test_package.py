@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-PACKAGES = ("ctbundles.transforms", "ctbundles.handlers", "ctbundles.synthetic")
+PACKAGES = ("ctbundles.transforms", "ctbundles.networks", "ctbundles.losses", "ctbundles.handlers", "ctbundles.synthetic", "ctbundles.metrics", "ctbundles.datasets")
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -1,14 +1,8 @@
-"""ctbundles.transforms: the CT input layer, its checks, and calcium scoring (REFERENCES.md section 1).
+"""ctbundles.transforms: the CT input layer, its checks, calcium scoring (REFERENCES.md section 1) and the bundles' transforms."""
 
-Public names are imported lazily (PEP 562), so importing one module of this package does not
-import the others.
-"""
+from ctbundles.lazy_exports import lazy_exports
 
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "load_ct": "ct_io",
     "load_label": "ct_io",
     "LoadCT": "ct_io",
@@ -24,6 +18,8 @@ _EXPORTS = {
     "icac_volume": "calcium_scoring",
     "agatston_weight": "calcium_scoring",
     "risk_category": "calcium_scoring",
+    "risk_category_index": "calcium_scoring",
+    "RISK_CATEGORIES": "calcium_scoring",
     "cac_drs": "calcium_scoring",
     "chest_ct_category": "calcium_scoring",
     "parse_label_mapping": "calcium_scoring",
@@ -33,18 +29,36 @@ _EXPORTS = {
     "ICACVolumed": "calcium_transforms",
     "ThresholdMaskHU": "calcium_transforms",
     "ThresholdMaskHUd": "calcium_transforms",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    "CTProtocolGuard": "ct_protocol_guard",
+    "CTProtocolGuardd": "ct_protocol_guard",
+    "ExtractSlab": "slab_sampling",
+    "ExtractSlabd": "slab_sampling",
+    "extract_slab": "slab_sampling",
+    "SupervisionMask": "icac_supervision",
+    "SupervisionMaskd": "icac_supervision",
+    "HUThreshold": "icac_supervision",
+    "HUThresholdd": "icac_supervision",
+    "SplitSides": "icac_supervision",
+    "SplitSidesd": "icac_supervision",
+    "ToNetworkFrame": "icac_frame",
+    "ToNetworkFramed": "icac_frame",
+    "FromNetworkFrame": "icac_frame",
+    "FromNetworkFramed": "icac_frame",
+    "HistogramMatch": "orcascore_cascade",
+    "HistogramMatchd": "orcascore_cascade",
+    "HeartROICropd": "orcascore_cascade",
+    "HeartROIPasted": "orcascore_cascade",
+    "FalsePositiveCropsd": "orcascore_cascade",
+    "heart_roi_box": "orcascore_cascade",
+    "component_crop_boxes": "orcascore_cascade",
+    "extract_crops": "orcascore_cascade",
+    "paste_crops": "orcascore_cascade",
+    "select_histogram_reference": "orcascore_cascade",
+    "LoadCTPMaps": "ctp_maps",
+    "LoadCTPMapsd": "ctp_maps",
+    "NormalizeCTPMaps": "ctp_maps",
+    "NormalizeCTPMapsd": "ctp_maps",
+    "LesionVolume": "ctp_maps",
+    "LesionVolumed": "ctp_maps",
+    "DEFAULT_MAP_RULES": "ctp_maps",
+})
