@@ -84,6 +84,11 @@ class OrcaScoreEncoderUNet(FlexibleUNet):
         dropout: decoder dropout rate (the paper uses none).
         upsample: decoder up-sampling, "deconv" = the paper's 2x2 transposed convolution.
         pretrained: load ImageNet encoder weights (needs a download; False by default).
+        encoder_bn_momentum: momentum (PyTorch convention) of the encoder's batch-norm running
+            statistics, or None to keep the backbone's own (EfficientNet: 0.01, TensorFlow/Keras decay
+            0.99, as the paper's Keras encoders; ResNet: 0.1). With 0.01 the running statistics need a few
+            hundred iterations to settle, so evaluation-mode outputs of a briefly trained network are
+            meaningless (see the bundle README); short CPU trainings set 0.1.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class OrcaScoreEncoderUNet(FlexibleUNet):
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
         pretrained: bool = False,
+        encoder_bn_momentum: float | None = None,
     ) -> None:
         super().__init__(
             in_channels=in_channels,
@@ -116,3 +122,7 @@ class OrcaScoreEncoderUNet(FlexibleUNet):
                 down = module.downsample
                 if down is not None and not isinstance(down, nn.Module):
                     module.downsample = ZeroPadShortcut(planes=down.keywords["planes"], stride=down.keywords["stride"])
+        if encoder_bn_momentum is not None:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = float(encoder_bn_momentum)

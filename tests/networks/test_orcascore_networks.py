@@ -141,3 +141,16 @@ def test_resnet34_shortcuts_replaced():
     net = OrcaScoreEncoderUNet(backbone="resnet34")
     shortcuts = [m for m in net.modules() if isinstance(m, ZeroPadShortcut)]
     assert [(s.planes, s.stride) for s in shortcuts] == [(128, 2), (256, 2), (512, 2)]
+
+
+@pytest.mark.parametrize("backbone, own", [("efficientnet-b0", 0.01), ("resnet18", 0.1)])
+def test_encoder_bn_momentum_default_keeps_backbone_and_override_sets_all_encoder_layers(backbone, own):
+    def momenta(net):
+        return {m.momentum for m in net.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert momenta(OrcaScoreEncoderUNet(out_channels=4, backbone=backbone)) == {own}
+    net = OrcaScoreEncoderUNet(out_channels=4, backbone=backbone, encoder_bn_momentum=0.3, decoder_channels=(32, 16, 16, 8, 8))
+    assert momenta(net) == {0.3}
+    # the decoder keeps its own (0.1) and the narrow decoder is used
+    assert {m.momentum for m in net.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    assert net.segmentation_head[0].in_channels == 8

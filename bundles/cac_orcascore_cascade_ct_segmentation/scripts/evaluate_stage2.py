@@ -1,0 +1,124 @@
+"""Pixel- and lesion-level scores of a trained stage-2 (calcium) network on the validation fold.
+
+Stage 2 runs inside the heart ROI of the case's heart mask (stage 1 replaced by the reference heart
+mask: the ROI of Sect. 3.2.1 from the generator's ``extrasTr/<case>_heart_mask.nii.gz`` of the same
+cohort written in the NIfTI layout), then voxels below 130 HU are removed, as ``inference.json`` does.
+Scores: pixel precision / recall / F1 (Araujo et al., Eqs. 1-3) against the reference voxels > 130 HU,
+and the orCaScore lesion-level detection (3D 6-connected > 130 HU lesions), per artery and for all.
+Optional stage 3 (``--fp_ckpt``): every predicted component's 96 x 96 window is re-segmented and the
+kept voxels keep stage 2's artery (with and without stage 3, the paper's Table 5).
+
+    python scripts/evaluate_stage2.py --config "['configs/train.json','configs/train_cpu_small.json']" \
+        --dataset_dir COHORT_ORCASCORE --heart_dir COHORT_NIFTI --ckpt models/model.pt --out eval/stage2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SliceInferer
+from monai.transforms import Compose
+
+from ctbundles.metrics.orcascore_evaluation import lesion_detection, orcascore_lesions, pixel_scores
+from ctbundles.transforms.ct_io import load_ct, load_label
+from ctbundles.transforms.orcascore_cascade import component_crop_boxes, extract_crops, heart_roi_box, paste_crops, widen_range
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--dataset_dir", required=True)
+    ap.add_argument("--heart_dir", required=True, help="the same cohort in the NIfTI layout (heart masks in extrasTr)")
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--fp_ckpt", default=None, help="stage-3 checkpoint (optional)")
+    ap.add_argument("--fp_config", default=None, help="config list of the stage-3 network")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    bundle_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parser = ConfigParser()
+    parser.read_config(json.loads(args.config.replace("'", '"')))
+    parser["bundle_root"], parser["dataset_dir"] = bundle_root, args.dataset_dir
+    items = parser.get_parsed_content("val_datalist")
+    load = Compose(parser.get_parsed_content("load") + parser.get_parsed_content("intensity"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(args.ckpt, map_location="cpu"))
+    net.eval()
+    patch = int(parser.get_parsed_content("patch_size"))
+    inferer = SliceInferer(roi_size=(patch, patch), spatial_dim=2, sw_batch_size=8, progress=False)
+    fp_net = None
+    if args.fp_ckpt:
+        fp_parser = ConfigParser()
+        fp_parser.read_config(json.loads(args.fp_config.replace("'", '"')))
+        fp_net = fp_parser.get_parsed_content("network_def")
+        fp_net.load_state_dict(torch.load(args.fp_ckpt, map_location="cpu"))
+        fp_net.eval()
+    refs, preds2, preds3, les2, les3 = [], [], [], [], []
+    for item in items:
+        truth = json.load(open(item["truth"]))
+        heart_file = os.path.join(args.heart_dir, "extrasTr", f"{truth['case_id']}_heart_mask.nii.gz")
+        d = load(dict(item))
+        scan = load_ct(item["image"])
+        hu = scan.numpy()
+        heart = load_label(heart_file, like=scan).numpy() > 0
+        twin = load_ct(os.path.join(args.heart_dir, "imagesTr", f"{truth['case_id']}.nii.gz")).numpy()
+        if not np.allclose(twin, hu, atol=1.0):
+            raise SystemExit(f"{heart_file}: the NIfTI cohort is not the same cohort as {item['image']}")
+        box = heart_roi_box(heart, opening_size=7)
+        size = hu.shape[:2]
+        box = tuple(widen_range(lo, hi, patch, n) for (lo, hi), n in zip(box, size))
+        (x0, x1), (y0, y1) = box
+        image = d["image"][None, :, x0:x1, y0:y1].float()
+        with torch.no_grad():
+            logits = inferer(image.as_tensor() if hasattr(image, "as_tensor") else image, net)
+        roi_pred = logits.argmax(1)[0].numpy()
+        pred = np.zeros(hu.shape, np.int64)
+        pred[x0:x1, y0:y1] = roi_pred
+        pred[hu < 130] = 0
+        ref = d["label"][0].numpy().astype(np.int64)
+        ref[hu <= 130] = 0
+        refs.append(ref)
+        preds2.append(pred)
+        spacing = [float(s) for s in d["image"].meta["spacing"]]
+        les2.append(orcascore_lesions(hu, ref, pred, spacing))
+        if fp_net is not None:
+            keep = np.zeros(hu.shape, bool)
+            img = d["image"][0].numpy()
+            for z in range(hu.shape[2]):
+                corners = component_crop_boxes(pred[:, :, z] > 0, 96)
+                if not corners:
+                    continue
+                crops = torch.as_tensor(extract_crops(img[:, :, z], corners, 96))[:, None]
+                with torch.no_grad():
+                    out = fp_net(crops).argmax(1).float().numpy()
+                keep[:, :, z] = paste_crops(out, corners, hu.shape[:2]) > 0
+            p3 = np.where(keep, pred, 0)
+            preds3.append(p3)
+            les3.append(orcascore_lesions(hu, ref, p3, spacing))
+    result = {
+        "cases": [i["case_id"] for i in items],
+        "without_stage3": {"pixel": pixel_scores(refs, preds2), "lesion": lesion_detection(les2)},
+        "seconds": round(time.time() - t0, 1),
+    }
+    if fp_net is not None:
+        result["with_stage3"] = {"pixel": pixel_scores(refs, preds3), "lesion": lesion_detection(les3)}
+    for key in ("without_stage3", "with_stage3"):
+        if key in result:
+            les = result[key]["lesion"]["all"]
+            les["f1"] = 2 * les["tp"] / (2 * les["tp"] + les["fp"] + les["fn"]) if les["tp"] + les["fp"] + les["fn"] else float("nan")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({k: (v["pixel"], v["lesion"]["all"]) if isinstance(v, dict) and "pixel" in v else v for k, v in result.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
