@@ -222,3 +222,20 @@ def test_monai_label_style_inference(cohort):
     shape = nib.load(image).shape
     assert tuple(out["pred"].shape) == (1, *shape)
     assert "agatston" in out["calcium_score"]
+
+
+def test_synthetic_demo_overlay_is_a_reduced_network_on_paper_defaults():
+    """configs/train_synthetic_demo.json only narrows the network and the sizes for a CPU run; the
+    loss, the momentum and the DenseRAUnet modules stay the paper's (train.json) values."""
+    p = parser("train.json", "train_synthetic_demo.json")
+    net = p.get_parsed_content("network_def")
+    assert isinstance(net, DenseRAUnet)
+    assert (net.init_features, net.growth_rate, net.block_config) == (16, 8, (2, 2, 2, 2))
+    assert net.use_rau and net.use_edb and net.use_scse
+    assert sum(x.numel() for x in net.parameters()) < 500_000
+    out = net.eval()(torch.zeros(1, 9, 128, 128))
+    assert tuple(out.shape) == (1, 2, 128, 128)
+    assert (p["loss_threshold"], p["loss_alpha"], p["loss_beta"], p["loss_iou_weight"], p["momentum"]) == (
+        0.9, 5.0, 1.0, 1.0, 0.9)
+    saver = p["validate"]["handlers"][1]
+    assert saver["_target_"] == "CheckpointSaver" and saver["key_metric_filename"] == "model_demo.pt"
