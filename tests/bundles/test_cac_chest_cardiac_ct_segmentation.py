@@ -239,3 +239,17 @@ def test_synthetic_demo_overlay_is_a_reduced_network_on_paper_defaults():
         0.9, 5.0, 1.0, 1.0, 0.9)
     saver = p["validate"]["handlers"][1]
     assert saver["_target_"] == "CheckpointSaver" and saver["key_metric_filename"] == "model_demo.pt"
+
+
+def test_demo_weights_load_into_the_demo_network():
+    """models/model_demo.pt (CPU demo on synthetic chest CT) matches the overlay's reduced network
+    exactly (strict load), and marks no calcium on uniform soft tissue (40 HU)."""
+    weights = BUNDLE / "models" / "model_demo.pt"
+    if not weights.exists():
+        pytest.skip("no demo weights")
+    net = parser("train.json", "train_synthetic_demo.json").get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, map_location="cpu"), strict=True)
+    x = torch.full((1, 9, 64, 64), (40.0 + 1000.0) / 3000.0)  # 40 HU everywhere
+    with torch.no_grad():
+        calcium = net.eval()(x).argmax(1)
+    assert int(calcium.sum()) == 0
