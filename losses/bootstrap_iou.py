@@ -50,13 +50,22 @@ class BootstrapLoss(_Loss):
     differentiated. The paper calls N "the pixels to predict"; by default (``normalize="selected"``)
     N counts the pixels that enter the sum (positives and hard negatives), as in bootstrapped
     cross entropy (Wu et al. 2016), so that once the easy background is dropped the positives weigh
-    more; ``normalize="all"`` divides by every pixel of the mini-batch.
+    more; ``normalize="all"`` divides by every pixel of the mini-batch; ``normalize="balanced"``
+    averages the positives and the hard negatives separately (``alpha * mean_pos + beta *
+    mean_hard_neg``), so that alpha : beta is the balance of the two classes whatever their counts.
+
+    Why "balanced" exists: with "selected", training stalls on a plateau where every negative hovers
+    just below ``threshold`` (p1 ~ 1 - t everywhere): all of them are selected, and a few calcium
+    pixels among ~6e4 selected ones get a summed logit gradient ~1e-4 of that on the negatives
+    (measured in tests/losses/test_bootstrap_iou.py); the IoU term is then saturated at e - 1
+    (sum of p1 ~ 1e3 per crop) and its gradient is ~1e-3. "balanced" keeps the positives' push at
+    alpha * (1 - p1) on that plateau.
 
     Args:
         threshold: t, background probability above which a negative pixel is dropped (0.9).
         alpha: weight of the positive (calcium) pixels (5.0).
         beta: weight of the retained negative pixels (1.0).
-        normalize: "selected" (default) or "all", the N of the formula.
+        normalize: "selected" (default), "all" or "balanced", the N of the formula.
     """
 
     def __init__(
@@ -65,8 +74,8 @@ class BootstrapLoss(_Loss):
         super().__init__()
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        if normalize not in ("selected", "all"):
-            raise ValueError(f"normalize must be 'selected' or 'all', got {normalize!r}")
+        if normalize not in ("selected", "all", "balanced"):
+            raise ValueError(f"normalize must be 'selected', 'all' or 'balanced', got {normalize!r}")
         self.threshold = float(threshold)
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -79,6 +88,10 @@ class BootstrapLoss(_Loss):
         per_pixel = self.alpha * y * logp[:, 1] + self.beta * hard_neg * logp[:, 0]
         if self.normalize == "all":
             return -per_pixel.mean()
+        if self.normalize == "balanced":
+            pos = (self.alpha * y * logp[:, 1]).sum() / y.sum().clamp_min(1.0)
+            neg = (self.beta * hard_neg * logp[:, 0]).sum() / hard_neg.sum().clamp_min(1.0)
+            return -(pos + neg)
         n_selected = (y + hard_neg).sum().clamp_min(1.0)
         return -per_pixel.sum() / n_selected
 
@@ -117,7 +130,7 @@ class BootstrapIoULoss(_Loss):
         beta: negative-pixel coefficient (1.0).
         iou_weight: weight of the exponential IoU term (1.0).
         smooth: IoU smoothing (1.0).
-        normalize: N of the bootstrap term, "selected" pixels (default) or "all".
+        normalize: N of the bootstrap term, "selected" pixels (default), "all" or "balanced".
     """
 
     def __init__(

@@ -17,7 +17,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["slab_indices", "extract_slab", "ExtractSlab", "ExtractSlabd"]
+__all__ = ["slab_indices", "extract_slab", "ExtractSlab", "ExtractSlabd", "CentreSliceThresholdd"]
 
 
 def slab_indices(centre: int, n_slices: int, slab_size: int = 9) -> list[int]:
@@ -107,4 +107,46 @@ class ExtractSlabd(MapTransform):
                 d[key] = extract_slab(d[key], centre, 1)
             elif not self.allow_missing_keys:
                 raise KeyError(f"ExtractSlabd: label key {key!r} missing")
+        return d
+
+
+class CentreSliceThresholdd(MapTransform):
+    """Removes label pixels whose centre-slice intensity is below ``threshold`` (paper section 2.2:
+    "labels below 130 HU removed"), applied to a 2.5D sample *after* its random crop and resize.
+
+    Resizing moves a label off its calcium in two ways: nearest-neighbour label interpolation
+    and bilinear image interpolation sample different points (half a pixel apart with PyTorch's
+    ``"nearest"``), and bilinear interpolation spreads a 1-3 pixel lesion into darker neighbours.
+    On the small lesions of coronary calcium, 40 % of the resized label pixels of a synthetic
+    chest cohort sat below 130 HU, so the network was taught to mark pixels it cannot tell from
+    soft tissue. Re-applying the rule on the resized centre slice keeps the target what the
+    network sees.
+
+    Args:
+        keys: label keys, (C, H, W) (or (C, H, W, D) for a 3D stack).
+        image_key: key of the (slab_size * C, H, W) stack; the centre channel is used.
+        threshold: the calcium threshold in the stack's intensity units (130 HU scaled like the
+            image, e.g. (130 + 1000) / 3000 for a [-1000, 2000] HU -> [0, 1] window).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, image_key: str = "image", threshold: float = 130.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.threshold = float(threshold)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        image = d[self.image_key]
+        centre = image[image.shape[0] // 2 : image.shape[0] // 2 + 1]
+        for key in self.key_iterator(d):
+            label = d[key]
+            keep = centre >= self.threshold
+            if isinstance(label, torch.Tensor):
+                keep = torch.as_tensor(keep, device=label.device)
+                d[key] = label * keep.to(label.dtype)
+            else:
+                d[key] = np.asarray(label) * np.asarray(keep).astype(np.asarray(label).dtype)
         return d

@@ -222,3 +222,34 @@ def test_monai_label_style_inference(cohort):
     shape = nib.load(image).shape
     assert tuple(out["pred"].shape) == (1, *shape)
     assert "agatston" in out["calcium_score"]
+
+
+def test_synthetic_demo_overlay_is_a_reduced_network_on_paper_defaults():
+    """configs/train_synthetic_demo.json only narrows the network and the sizes for a CPU run; the
+    loss, the momentum and the DenseRAUnet modules stay the paper's (train.json) values."""
+    p = parser("train.json", "train_synthetic_demo.json")
+    net = p.get_parsed_content("network_def")
+    assert isinstance(net, DenseRAUnet)
+    assert (net.init_features, net.growth_rate, net.block_config) == (16, 8, (2, 2, 2, 2))
+    assert net.use_rau and net.use_edb and net.use_scse
+    assert sum(x.numel() for x in net.parameters()) < 500_000
+    out = net.eval()(torch.zeros(1, 9, 128, 128))
+    assert tuple(out.shape) == (1, 2, 128, 128)
+    assert (p["loss_threshold"], p["loss_alpha"], p["loss_beta"], p["loss_iou_weight"], p["momentum"]) == (
+        0.9, 5.0, 1.0, 1.0, 0.9)
+    saver = p["validate"]["handlers"][1]
+    assert saver["_target_"] == "CheckpointSaver" and saver["key_metric_filename"] == "model_demo.pt"
+
+
+def test_demo_weights_load_into_the_demo_network():
+    """models/model_demo.pt (CPU demo on synthetic chest CT) matches the overlay's reduced network
+    exactly (strict load), and marks no calcium on uniform soft tissue (40 HU)."""
+    weights = BUNDLE / "models" / "model_demo.pt"
+    if not weights.exists():
+        pytest.skip("no demo weights")
+    net = parser("train.json", "train_synthetic_demo.json").get_parsed_content("network_def")
+    net.load_state_dict(torch.load(weights, map_location="cpu"), strict=True)
+    x = torch.full((1, 9, 64, 64), (40.0 + 1000.0) / 3000.0)  # 40 HU everywhere
+    with torch.no_grad():
+        calcium = net.eval()(x).argmax(1)
+    assert int(calcium.sum()) == 0

@@ -27,6 +27,33 @@ def test_bootstrap_hand_computed(alpha, beta, normalize, n):
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("alpha,beta", [(5.0, 1.0), (2.0, 0.5)])
+def test_bootstrap_balanced_hand_computed(alpha, beta):
+    # positives averaged over the 1 positive, hard negatives over the 2 hard ones (c, d)
+    expected = -(alpha * math.log(0.75) / 1 + beta * (math.log(0.5) + math.log(0.25)) / 2)
+    got = BootstrapLoss(threshold=0.9, alpha=alpha, beta=beta, normalize="balanced")(LOGITS, TARGET)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalize,pos_grad", [("selected", 5.0 * 0.88 / (4 * 16384)), ("balanced", 5.0 * 0.88 / 6)])
+def test_bootstrap_plateau_gradient_on_positives(normalize, pos_grad):
+    """The training plateau: every negative hovers just under t = 0.9 (p1 ~ 0.1) and the positives
+    are at p1 = 0.12. "selected" divides the 6 positives' push by ~65 000 hovering negatives (the
+    positives get a summed logit gradient of 4e-4 against 0.1 on the negatives, the network stays
+    at p0 = t); "balanced" averages positives and hard negatives separately (4.4 against 0.1)."""
+    h = 128
+    y = torch.zeros(4, 1, h, h)
+    y[0, 0, 60:62, 60:63] = 1  # 6 calcium pixels in the batch
+    z = torch.zeros(4, 2, h, h)
+    z[:, 1] = math.log(0.1 / 0.9) + 0.01  # p0 just below 0.9: all hard
+    z[:, 1][y[:, 0] > 0] = math.log(0.12 / 0.88)
+    z.requires_grad_()
+    BootstrapLoss(threshold=0.9, alpha=5.0, beta=1.0, normalize=normalize)(z, y).backward()
+    g = z.grad[:, 1]
+    assert float(-g[y[:, 0] > 0].sum()) == pytest.approx(6 * pos_grad, rel=1e-3)
+    assert float(g[y[:, 0] == 0].sum()) == pytest.approx(0.1, rel=2e-2)
+
+
 def test_bootstrap_threshold_selects_hard_negatives():
     # t = 0.99 keeps pixel b (p0 = 0.95) as well; t = 0.4 drops c (0.5) and keeps only d (0.25)
     keep_all = -(math.log(0.75) + math.log(0.95) + math.log(0.5) + math.log(0.25)) / 4
