@@ -57,7 +57,6 @@ def _trace(axis: int, n: int | None = None) -> dict:
     saved: dict[int, tuple] = {}
     taps: dict[int, tuple] = {}
     concat_lo: dict[int, int] = {}
-    rf, jump = 1, 1  # receptive field along the deepest path (valid for odd extents, see docs)
     for op in _plan(axis):
         kind = op[0]
         if kind == "conv":

@@ -34,6 +34,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ExtractSlab": "slab_sampling",
     "ExtractSlabd": "slab_sampling",
     "extract_slab": "slab_sampling",
+    "CentreSliceThresholdd": "slab_sampling",
     "SupervisionMask": "icac_supervision",
     "SupervisionMaskd": "icac_supervision",
     "HUThreshold": "icac_supervision",
