@@ -8,6 +8,7 @@ given the inputs of a computation refuse to write over any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -76,7 +77,7 @@ def atomic_write_text(path: PathLike, text: str, inputs: Iterable[PathLike | Non
 
 
 def to_jsonable(obj):
-    """Numpy scalars/arrays, tuples and paths inside ``obj`` as plain JSON types."""
+    """Numpy scalars/arrays, tuples, paths and dataclasses inside ``obj`` as plain JSON types."""
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -91,6 +92,8 @@ def to_jsonable(obj):
         return float(obj)
     if isinstance(obj, Path):
         return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
     return obj
 
 

@@ -40,6 +40,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from ctbundles.atomic_io import to_jsonable
 from ctbundles.synthetic import phantom_ops as ops
 from ctbundles.synthetic.case import SyntheticCase
 
@@ -527,8 +528,8 @@ def generate_coronary_ct(
         "psf_fwhm_mm": [float(f) for f in fwhm],
     }
     generator_truth = {
-        "plaques": [_jsonable(s) for s in specs],
-        "hard_negatives": [_jsonable(n) for n in negatives],
+        "plaques": [to_jsonable(s) for s in specs],
+        "hard_negatives": [to_jsonable(n) for n in negatives],
         "label_min_occupancy": LABEL_MIN_OCCUPANCY,
         "landmarks_lps_mm": {
             "heart_center": an["heart_c"],
@@ -544,7 +545,7 @@ def generate_coronary_ct(
         "tissue_hu": an["hu"],
     }
     truth = score_truth(image, label, spacing, float(spacing[2]), affine=grid.affine) if score else {}
-    truth["generator"] = _jsonable(generator_truth)
+    truth["generator"] = to_jsonable(generator_truth)
     return SyntheticCase(
         kind=kind,
         case_id=case_id or f"{kind}_{int(seed)}",
@@ -571,28 +572,8 @@ def score_truth(image, label, spacing, slice_increment_mm, affine=None) -> dict:
             f"it could not be imported: {err}. Pass score=False to generate without scores."
         ) from err
     params = CalciumScoreParams(artery_labels=dict(CORONARY_LABELS))
-    return _jsonable(score_calcium(image, label, tuple(float(s) for s in spacing), slice_increment_mm=slice_increment_mm, params=params, affine=affine))
+    return to_jsonable(score_calcium(image, label, tuple(float(s) for s in spacing), slice_increment_mm=slice_increment_mm, params=params, affine=affine))
 
-
-def _jsonable(obj):
-    """Convert numpy scalars/arrays (and tuples) inside ``obj`` to plain Python for JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return _jsonable(asdict(obj))
-    return obj
 
 
 def generate_cardiac(seed: int, **options) -> SyntheticCase:

@@ -201,21 +201,25 @@ class CalciumScore(Transform):
         return report
 
 
-class CalciumScored(MapTransform):
-    """Dictionary version of :class:`CalciumScore`: reads ``image_key`` and ``label_key`` and writes
-    the report under ``output_key``. Other arguments go to :class:`CalciumScore`."""
+class _ReportDict(MapTransform):
+    """Dictionary wrapper shared by the report transforms: reads ``image_key`` and ``label_key`` and
+    writes ``report_class(**kwargs)(image, label)`` under ``output_key``."""
+
+    report_class: type
+    default_output_key: str
 
     def __init__(
         self,
         image_key: str = "image",
         label_key: str = "pred",
-        output_key: str = "calcium_score",
+        output_key: str | None = None,
         allow_missing_keys: bool = False,
         **kwargs,
     ) -> None:
         super().__init__([image_key, label_key], allow_missing_keys)
-        self.image_key, self.label_key, self.output_key = image_key, label_key, output_key
-        self.scorer = CalciumScore(**kwargs)
+        self.image_key, self.label_key = image_key, label_key
+        self.output_key = output_key or self.default_output_key
+        self.scorer = self.report_class(**kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -223,6 +227,14 @@ class CalciumScored(MapTransform):
             return d
         d[self.output_key] = self.scorer(d[self.image_key], d[self.label_key])
         return d
+
+
+class CalciumScored(_ReportDict):
+    """Dictionary version of :class:`CalciumScore`: reads ``image_key`` and ``label_key`` and writes
+    the report under ``output_key`` (default "calcium_score"). Other arguments go to :class:`CalciumScore`."""
+
+    report_class = CalciumScore
+    default_output_key = "calcium_score"
 
 
 class ICACVolume(Transform):
@@ -259,24 +271,8 @@ class ICACVolume(Transform):
         return report
 
 
-class ICACVolumed(MapTransform):
-    """Dictionary version of :class:`ICACVolume`, writing the report under ``output_key``."""
+class ICACVolumed(_ReportDict):
+    """Dictionary version of :class:`ICACVolume`, writing the report under ``output_key`` (default "icac_volume")."""
 
-    def __init__(
-        self,
-        image_key: str = "image",
-        label_key: str = "pred",
-        output_key: str = "icac_volume",
-        allow_missing_keys: bool = False,
-        **kwargs,
-    ) -> None:
-        super().__init__([image_key, label_key], allow_missing_keys)
-        self.image_key, self.label_key, self.output_key = image_key, label_key, output_key
-        self.scorer = ICACVolume(**kwargs)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.allow_missing_keys and (self.image_key not in d or self.label_key not in d):
-            return d
-        d[self.output_key] = self.scorer(d[self.image_key], d[self.label_key])
-        return d
+    report_class = ICACVolume
+    default_output_key = "icac_volume"
