@@ -82,42 +82,33 @@ def _run_kind(kind: str, out: Path, cases: int, seed: int, small: bool) -> dict:
             raise CTInputError(f"{folder} exists and does not hold a cohort written by ctbundles; choose another --out")
         shutil.rmtree(folder)
     result = synthesize(kind, folder, cases, seed=seed, layout=layout, small=small)
+    truth_by_case = _truth_csv(result["truth_csv"], figure)
+    if kind == "ctp":
+        from ctbundles.datasets.isles2018 import build_datalist
+
+        datalist = build_datalist(folder)
+        base = Path(datalist["base_dir"])
+        items = {item["case"]: item for item in datalist["training"]}
     rows = []
     for record in result["cases"]:
         paths = record["paths"]
-        truth_path = Path(paths["truth"]) if "truth" in paths else None
         if kind == "ctp":
-            from ctbundles.datasets.isles2018 import build_datalist
-
-            datalist = build_datalist(out / kind)
-            base = Path(datalist["base_dir"])
-            item = next(i for i in datalist["training"] if i["case"] == Path(paths["image"]).name)
+            item = items[Path(paths["image"]).name]
             measured = _lesion_volume_ml(str(base / item["label"]), str(base / item["ct"]))
-            truth = None
         else:
-            label_names = json.loads(Path(paths["truth"]).read_text()).get("label_names") if truth_path else None
-            measured = _score_case(kind, paths["image"], paths["label"], label_names or {})
-            truth = json.loads(truth_path.read_text()) if truth_path else None
-        expected = _truth_value(truth, figure) if truth is not None else None
+            label_names = json.loads(Path(paths["truth"]).read_text()).get("label_names") or {}
+            measured = _score_case(kind, paths["image"], paths["label"], label_names)
+        truth = truth_by_case.get(record["case_id"])
         rows.append(
             {
                 "case": record["case_id"],
-                figure: measured[figure] if figure in measured else measured.get("total_mm3"),
-                "truth": expected,
+                figure: measured[figure],
+                "truth": truth,
                 "findings": measured["findings"],
+                "agrees": truth is not None and abs(float(measured[figure]) - truth) <= 1e-6 * max(1.0, abs(truth)),
             }
         )
-    truth_by_case = _truth_csv(result["truth_csv"], figure)
-    for row in rows:
-        if row["truth"] is None:
-            row["truth"] = truth_by_case.get(row["case"])
-        row["agrees"] = row["truth"] is not None and abs(float(row[figure]) - float(row["truth"])) <= 1e-6 * max(1.0, abs(float(row["truth"])))
-    return {"kind": kind, "figure": figure, "folder": str(out / kind), "seconds": time.perf_counter() - t0, "cases": rows}
-
-
-def _truth_value(truth: dict, figure: str):
-    node = truth.get("truth", truth)
-    return node.get(figure)
+    return {"kind": kind, "figure": figure, "folder": str(folder), "seconds": time.perf_counter() - t0, "cases": rows}
 
 
 def _truth_csv(path, figure: str) -> dict:
