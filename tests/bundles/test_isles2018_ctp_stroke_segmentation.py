@@ -1,4 +1,5 @@
-"""Bundle isles2018_ctp_stroke_segmentation: configs, network export, a tiny training and inference run."""
+"""Bundle isles2018_ctp_stroke_segmentation: configs, the shipped weights (strict load, export, a learning
+regression on a fresh synthetic slab), a tiny training and inference run."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from tests_support.ctp_cases import write_isles_case, write_stacked
+from tests_support.ctp_cases import write_isles_case, write_stacked, write_synthetic_stacked
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "isles2018_ctp_stroke_segmentation"
 CONFIGS = BUNDLE / "configs"
+SHIPPED = BUNDLE / "models" / "model.pt"
+WIDTH_KEYS = ("init_features", "growth_rate", "block_config", "bn_size", "up_channels", "head_channels")
+# the shipped reduced network and the paper's (DenseNet-121 widths and depth), docs/README.md deviation 1
+SHIPPED_WIDTH = (16, 8, [3, 3, 3, 3], 2, [32, 32, 16, 16], 16)
+PAPER_WIDTH = (64, 32, [6, 12, 24, 16], 4, [256, 128, 64, 32], 32)
 TINY_NET = {
     "network_def#init_features": 8,
     "network_def#growth_rate": 4,
@@ -72,26 +78,103 @@ def test_inference_ids_for_monai_label():
     assert "Spacingd" not in names and names[0].endswith("LoadCTPMapsd")
 
 
-def test_verify_net_in_out():
+def test_width_values_top_level_and_identical_in_inference_and_train():
+    """The training output loads in inference: both configs build the network from the same top-level values."""
+    inf, train = _parser("inference.json"), _parser("train.json")
+    assert tuple(inf[k] for k in WIDTH_KEYS) == SHIPPED_WIDTH
+    assert tuple(train[k] for k in WIDTH_KEYS) == SHIPPED_WIDTH
+    for k in WIDTH_KEYS:
+        assert inf[f"network_def#{k}"] == train[f"network_def#{k}"] == f"@{k}"
+    assert inf["roi_size"] == train["roi_size"] == [160, 160]
+
+
+@pytest.mark.parametrize("base", ["inference.json", "train.json"])
+def test_paper_network_overlay_builds_the_paper_size_network(base):
+    parser = _parser(base, "paper_network.json")
+    assert tuple(parser[k] for k in WIDTH_KEYS) == PAPER_WIDTH
+    net = parser.get_parsed_content("network_def")
+    assert sum(p.numel() for p in net.parameters()) == 32_825_825
+    assert [len(b) for b in net.path1.dense_blocks] == [6, 12, 24, 16]
+    convs = [m for m in [*net.path1.modules(), *net.head.modules()] if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 123  # the depth the paper states: 1 + 58 x 2 + 4 along one path, 2 in the head
+
+
+def test_shipped_model_strict_load_and_size():
+    assert SHIPPED.is_file() and SHIPPED.stat().st_size < 25_000_000
+    net = _parser("inference.json").get_parsed_content("network_def")
+    state = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    assert set(state) == set(net.state_dict())
+    net.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in net.parameters()) == 239_985
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_shipped_model_segments_a_fresh_synthetic_slab(tmp_path):
+    """Learning regression: inference.json as shipped (160 x 160, models/model.pt, median filter, threshold) on a
+    slab of a patient seed the training cohort (seeds 100-119) and the held-out cohort (1000-1009) never used."""
+    from monai.bundle import ConfigWorkflow
+
+    src, label = write_synthetic_stacked(tmp_path, seed=4242)
+    assert label.sum() > 500
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"),
+                        logging_file=None, workflow_type="infer", bundle_root=str(BUNDLE),
+                        dataset_dir=str(Path(src).parent), output_dir=str(tmp_path / "out"),
+                        device="$torch.device('cpu')")
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    seg = np.asarray(nib.load(str(tmp_path / "out" / "slab_4242_seg.nii.gz")).dataobj)
+    assert seg.shape == label.shape == nib.load(src).shape[:3]
+    assert _dice(seg, label) >= 0.7
+
+
+def test_verify_net_in_out_shipped_network():
+    """The zoo check, in process (monai.bundle.verify_net_in_out): 160 x 160 input, output as the metadata says."""
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), n=10, device="cpu")
+
+
+def _check_export(ts: Path) -> None:
+    net = _parser("inference.json").get_parsed_content("network_def")
+    net.load_state_dict(torch.load(SHIPPED, map_location="cpu", weights_only=True))
+    net.eval()
+    x = torch.rand(2, 4, 160, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(ts))(x).numpy(), net(x).numpy(), atol=1e-5)
+
+
+def test_ckpt_export_shipped_weights(tmp_path):
+    """The zoo export, in process (monai.bundle.ckpt_export): TorchScript of the shipped weights, same outputs."""
+    from monai.bundle import ckpt_export
+
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(SHIPPED), meta_file=str(CONFIGS / "metadata.json"),
+                config_file=str(CONFIGS / "inference.json"))
+    _check_export(ts)
+
+
+@pytest.mark.slow  # about 30 s on the shared 2-core CPU, most of it importing monai in the subprocess
+def test_verify_net_in_out_shipped_network_command():
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-           str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"), "--n", "2"]
-    for k, v in TINY_NET.items():
-        cmd += [f"--{k}", json.dumps(v)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+           str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"), "--n", "10"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_ckpt_export_torchscript(tmp_path):
-    ckpt = _save_tiny_model(tmp_path)
-    ts = tmp_path / "models" / "model.ts"
+@pytest.mark.slow  # about 30 s on the shared 2-core CPU, most of it importing monai in the subprocess
+def test_ckpt_export_shipped_weights_command(tmp_path):
+    ts = tmp_path / "model.ts"
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file",
-           str(ckpt), "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json")]
-    for k, v in TINY_NET.items():
-        cmd += [f"--{k}", json.dumps(v)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+           str(SHIPPED), "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    loaded = torch.jit.load(str(ts))
-    assert loaded(torch.rand(1, 4, 32, 32)).shape == (1, 1, 32, 32)
+    _check_export(ts)
 
 
 def test_multi_gpu_overlay_ids():

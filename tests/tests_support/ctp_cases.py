@@ -65,3 +65,16 @@ def write_stacked(path: Path, seed: int = 0, order=MAPS, **kw) -> tuple[str, str
     label_path = path.with_name(path.name.replace(".nii", "_label.nii"))
     nib.save(nib.Nifti1Image(label, affine), str(label_path))
     return str(path), str(label_path)
+
+
+def write_synthetic_stacked(folder: Path, seed: int, n_slices: int = 4, lesion_size_mm=(15.0, 15.0, 12.0)):
+    """One slab of ``ctbundles.synthetic.ctp.generate_ctp`` (256 x 256, the ISLES grid) written in the ISLES
+    layout under ``folder/isles`` and stacked to ``folder/stacked/slab_<seed>.nii.gz`` (channels CBF, CBV, MTT,
+    Tmax) with ``ctbundles.datasets.isles2018.stack_maps``; returns the stacked path and the generator's label."""
+    from ctbundles.datasets.isles2018 import stack_maps, write_case
+    from ctbundles.synthetic.ctp import generate_ctp
+
+    case = generate_ctp(seed, n_slabs=1, n_slices=n_slices, slice_mm=5.0, lesion_size_mm=lesion_size_mm)
+    case_dir = write_case(case, Path(folder) / "isles", case_number=1)
+    stacked = stack_maps(case_dir, Path(folder) / "stacked" / f"slab_{seed}.nii.gz")
+    return str(stacked), np.asarray(case.label)
