@@ -47,6 +47,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import io
@@ -187,6 +188,10 @@ def vendor_closure(roots: Iterable[str], package: str = PACKAGE) -> tuple[dict[s
         mod = resolve_module(ref)
         if mod is None or not _is_ours(mod, package):
             raise CTInputError(f"{ref}: no module of {package} found for this reference (is {package} installed?)")
+        if ref != mod:
+            attr = ref[len(mod) + 1 :].split(".", 1)[0]
+            if not hasattr(importlib.import_module(mod), attr) and find_module(f"{mod}.{attr}") is None:
+                raise CTInputError(f"{ref}: {mod} has no attribute or module {attr!r}")
         queue.append(mod)
     while queue:
         name = queue.pop()
@@ -302,8 +307,8 @@ def rewrite_expression(expr: str, package: str = PACKAGE, prefix: str = VENDOR_P
     stripped = expr.strip()
     try:
         node = ast.parse(stripped).body[0] if stripped else None
-    except SyntaxError:
-        return expr
+    except SyntaxError:  # ``@id`` references make most config expressions invalid Python
+        node = None
     if isinstance(node, ast.Import) and len(node.names) == 1 and node.names[0].name == package and node.names[0].asname is None:
         return expr.replace(f"import {package}", f"import {prefix}", 1)
     lines = expr.splitlines(keepends=True) or [""]
