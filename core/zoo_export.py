@@ -73,6 +73,7 @@ LARGE_FILE_BYTES = 25 * 1000 * 1000
 REQUIRED_FILES = (
     "configs/metadata.json",
     "configs/inference.json",
+    "configs/train.json",
     "configs/logging.conf",
     "models/model.pt",
     "docs/README.md",
@@ -714,7 +715,8 @@ def zoo_check(path: str | Path, schema: str | Path | None = None, net_checks: bo
             else:
                 import jsonschema
 
-                validator = jsonschema.Draft7Validator(json.loads(schema_path.read_text(encoding="utf-8")))
+                schema_doc = json.loads(schema_path.read_text(encoding="utf-8"))
+                validator = jsonschema.validators.validator_for(schema_doc)(schema_doc)
                 for err in sorted(validator.iter_errors(meta), key=lambda e: list(e.path)):
                     where = "/".join(str(p) for p in err.path) or "(top)"
                     problems.append(Problem("schema", f"metadata {where}: {err.message}"))
