@@ -591,8 +591,8 @@ def export_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     zip_path = out / f"{name}_v{meta.get('version', '')}.zip"
-    if zip_path.exists() and zip_path.resolve().is_relative_to(bundle):
-        raise CTInputError(f"{zip_path}: would write inside the bundle")
+    if out.resolve().is_relative_to(bundle):
+        raise CTInputError(f"{out}: the output folder is inside the bundle {bundle}; choose another --out")
     onnx_results: list[dict] = []
     problems: list[Problem] = []
     with tempfile.TemporaryDirectory(prefix="ctbundles_export_") as tmp:
@@ -770,17 +770,6 @@ def zoo_check(path: str | Path, schema: str | Path | None = None, net_checks: bo
 
 
 # --------------------------------------------------------------------------- ONNX
-
-
-def _spatial(shape: list, n: int = 2) -> list[int]:
-    out = []
-    for s in shape:
-        if isinstance(s, int):
-            out.append(s)
-        else:
-            m = re.fullmatch(r"\s*(\d+)\s*\*\s*n\s*", str(s))
-            out.append(int(m.group(1)) * n if m else 64)
-    return out
 
 
 def onnx_export(folder: str | Path, shape: dict[str, list[int]] | None = None, seed: int = 0) -> list[dict]:

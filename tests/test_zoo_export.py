@@ -399,5 +399,6 @@ def test_every_network_exports_to_onnx_within_tolerance(name, tmp_path):
     parser.read_config(str(bundle / "configs" / "inference.json"))
     assert [r["net_id"] for r in results] == z.network_ids(parser.config)
     for r in results:
+        print(f"ONNX {name} {r['net_id']}: input {r['input_shape']}, max |onnx - eager| {r['max_abs_diff']:.3e}, max |eager| {r['max_abs_eager']:.3e}")
         assert r["ok"], r
         assert (staged / r["onnx"]).is_file()
