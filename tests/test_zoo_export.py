@@ -117,6 +117,31 @@ def test_vendor_closure_follows_imports_transitively(fakepkg):
     assert z.pinned_distributions(third) .keys() == {"numpy", "scipy"}
 
 
+def test_vendored_fake_package_imports_under_scripts(fakepkg, tmp_path, monkeypatch):
+    """The closure of fakepkg.a, rewritten into vendor/scripts/fakepkg, runs with fakepkg hidden."""
+    modules, _ = z.vendor_closure(["fakepkg.a"], package="fakepkg")
+    vendor = tmp_path / "vendor"
+    (vendor / "scripts").mkdir(parents=True)
+    (vendor / "scripts" / "__init__.py").write_text("")
+    for name, (path, is_pkg) in modules.items():
+        rel = Path(*name.split("."))
+        target = vendor / "scripts" / (rel / "__init__.py" if is_pkg else rel.with_suffix(".py"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(z.rewrite_python(path.read_text(), package="fakepkg"))
+    assert "from scripts.fakepkg.c.sub import g" in (vendor / "scripts" / "fakepkg" / "b.py").read_text()
+    assert 'PROSE = "see fakepkg.d for details"' in (vendor / "scripts" / "fakepkg" / "b.py").read_text()
+    monkeypatch.setattr(sys, "path", [str(vendor)] + [p for p in sys.path if p != str(fakepkg.parent)])
+    for name in [n for n in sys.modules if n.split(".")[0] in ("fakepkg", "scripts")]:
+        monkeypatch.delitem(sys.modules, name)
+    import importlib
+
+    b = importlib.import_module("scripts.fakepkg.b")
+    assert b.f() == 2 and b.NAME == "scripts.fakepkg.e:h"
+    assert not [n for n in sys.modules if n.split(".")[0] == "fakepkg"]
+    for name in [n for n in sys.modules if n.split(".")[0] == "scripts"]:
+        del sys.modules[name]  # imported by this test only
+
+
 def test_vendor_closure_refuses_unknown_root(fakepkg):
     with pytest.raises(CTInputError, match="fakepkg.nothere"):
         z.vendor_closure(["fakepkg.nothere"], package="fakepkg")
