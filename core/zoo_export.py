@@ -515,11 +515,13 @@ def stage_bundle(bundle: str | Path, stage: str | Path, package: str = PACKAGE) 
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, rewrite_python(path.read_text(encoding="utf-8"), package))
     init = scripts_dir / "__init__.py"
-    if not init.exists():
-        body = f'"""Custom code of this bundle. ``{package}/`` holds the {package} modules its configs use (vendored)."""\n'
-        if modules:
-            body += f"\nfrom . import {package}  # noqa: F401  (configs read scripts.{package}.* after ``$import scripts``)\n"
-        atomic_write_text(init, body)
+    body = init.read_text(encoding="utf-8") if init.exists() else (
+        f'"""Custom code of this bundle. ``{package}/`` holds the {package} modules its configs use (vendored)."""\n'
+    )
+    line = f"from . import {package}  # noqa: F401  (configs read scripts.{package}.* after ``$import scripts``)\n"
+    if modules and line not in body:
+        body = body.rstrip("\n") + "\n\n" + line
+    atomic_write_text(init, body)
     for name, config in configs.items():
         atomic_write_json(stage / "configs" / name, rewrite_config(config, package))
     pins = pinned_distributions(third, package)
