@@ -1,6 +1,9 @@
-"""Bundle cac_chest_cardiac_ct_segmentation: configs parse, network_def is the paper's network and is
-scriptable, verify_net_in_out and ckpt_export succeed, and train / evaluate / inference run end to end
-on tiny generated data (tiny network and in-plane size via config overrides; random weights)."""
+"""Bundle cac_chest_cardiac_ct_segmentation: configs parse; the shipped network is the reduced-width
+DenseRAUnet and ``configs/paper_network.json`` restores the paper's 33.2 M-parameter network; the
+shipped ``models/model.pt`` loads strictly, segments an unseen synthetic chest case (learning
+regression check) and passes verify_net_in_out and ckpt_export; train / evaluate run end to end on
+tiny generated data (tiny network via config overrides, random weights) and inference runs on NIfTI
+and the real QRM phantom DICOM series with the shipped weights."""
 
 from __future__ import annotations
 
@@ -18,12 +21,19 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_i
 
 from ctbundles.datasets.nifti_folder import write_case, write_datalist
 from ctbundles.errors import CTInputError
+from ctbundles.metrics.cac_evaluation import lesion_counts, lesion_detection
 from ctbundles.networks.blocks_dense_ra_unet import ResidualAtrousUnit
 from ctbundles.networks.dense_ra_unet import DenseRAUnet
 from ctbundles.synthetic.registry import generate
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "cac_chest_cardiac_ct_segmentation"
 CONFIGS = BUNDLE / "configs"
+WEIGHTS = BUNDLE / "models" / "model.pt"
+# the shipped reduced width (top-level values in inference.json and train.json)
+SHIPPED_KW = {"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2), "decoder_channels": (32, 32, 32),
+              "head_channels": (16, 16), "edb_layers": 2}
+PAPER_KW = {"init_features": 64, "growth_rate": 32, "block_config": (6, 12, 24, 16),
+            "decoder_channels": (512, 256, 128), "head_channels": (64, 32), "edb_layers": 4}
 TINY_KW = {"init_features": 8, "growth_rate": 4, "block_config": (1, 1, 1, 1)}
 TINY_NET = {f"network_def#{k}": list(v) if isinstance(v, tuple) else v for k, v in TINY_KW.items()}
 TINY_TRAIN = {
@@ -49,12 +59,40 @@ def cohort(tmp_path_factory):
     return root
 
 
+def net_kw(net: DenseRAUnet) -> dict:
+    """The encoder widths the network records (the decoder / head / EDB widths show in the parameter count)."""
+    return {k: getattr(net, k) for k in ("init_features", "growth_rate", "block_config")}
+
+
+def as_config(kw: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+
+
 @pytest.mark.parametrize("config", ["inference.json", "train.json"])
-def test_network_def_is_paper_network(config):
-    net = parser(config).get_parsed_content("network_def")
+def test_network_def_is_the_shipped_reduced_width(config):
+    """Both configs build the same reduced-width DenseRAUnet (so a training output loads in inference),
+    with the paper's modules and input / output."""
+    p = parser(config)
+    net = p.get_parsed_content("network_def")
     assert isinstance(net, DenseRAUnet)
-    assert (net.in_channels, net.out_channels, net.block_config, net.growth_rate) == (9, 2, (6, 12, 24, 16), 32)
+    assert {k: p[k] for k in SHIPPED_KW} == as_config(SHIPPED_KW)
+    assert net_kw(net) == {k: SHIPPED_KW[k] for k in net_kw(net)}
+    assert (net.in_channels, net.out_channels, net.lateral1.dilations) == (9, 2, (2, 4, 8))
     assert isinstance(net.lateral1, ResidualAtrousUnit) and net.use_edb and net.use_scse
+    assert sum(x.numel() for x in net.parameters()) == 174_181
+
+
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_paper_network_overlay_restores_the_paper_network(config):
+    """configs/paper_network.json merged after either config: DenseNet-121 encoder (growth 32,
+    blocks 6/12/24/16), decoder 512/256/128, 33 195 173 parameters (the README's 33.2 M)."""
+    p = parser(config, "paper_network.json")
+    net = p.get_parsed_content("network_def")
+    assert {k: p[k] for k in PAPER_KW} == as_config(PAPER_KW)
+    assert net_kw(net) == {k: PAPER_KW[k] for k in net_kw(net)}
+    assert (net.in_channels, net.out_channels) == (9, 2) and net.use_rau and net.use_edb and net.use_scse
+    assert sum(x.numel() for x in net.parameters()) == 33_195_173
+    assert p["in_plane_size"] == [512, 512]
 
 
 def test_switch_overrides_and_paper_hyperparameters():
@@ -91,30 +129,31 @@ def test_verify_net_in_out_in_process():
 
 
 def test_ckpt_export_in_process(tmp_path):
-    ckpt, ts = tmp_path / "model.pt", tmp_path / "model.ts"
-    torch.save(DenseRAUnet(**TINY_KW).state_dict(), ckpt)
-    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
-                config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE), **TINY_NET)
+    """The shipped weights exported to TorchScript give the eager network's outputs."""
+    assert WEIGHTS.stat().st_size < 25 * 2**20  # Model Zoo limit per file
+    ts = tmp_path / "model.ts"
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(WEIGHTS), meta_file=str(CONFIGS / "metadata.json"),
+                config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
     loaded = torch.jit.load(str(ts))
+    net = parser("inference.json").get_parsed_content("network_def").eval()
+    net.load_state_dict(torch.load(WEIGHTS, map_location="cpu"), strict=True)
+    x = torch.rand(1, 9, 64, 64)
     with torch.no_grad():
-        assert loaded(torch.randn(1, 9, 64, 64)).shape == (1, 2, 64, 64)
+        assert loaded(x).shape == (1, 2, 64, 64)
+        assert torch.allclose(loaded(x), net(x), atol=1e-4)
 
 
 @pytest.mark.slow
 def test_verify_net_in_out_and_ckpt_export_cli(tmp_path):
-    """The Model Zoo's own commands, as subprocesses (about a minute on a loaded 2-core CPU)."""
+    """The Model Zoo's own commands on the bundle as shipped, as subprocesses (models/model.pt)."""
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
            "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"), "--n", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    ckpt = tmp_path / "model.pt"
-    torch.save(DenseRAUnet(**TINY_KW).state_dict(), ckpt)
     ts = tmp_path / "model.ts"
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
-           "--ckpt_file", str(ckpt), "--meta_file", str(CONFIGS / "metadata.json"),
-           "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE),
-           "--network_def#init_features", "8", "--network_def#growth_rate", "4",
-           "--network_def#block_config", "[1,1,1,1]"]
+           "--ckpt_file", str(WEIGHTS), "--meta_file", str(CONFIGS / "metadata.json"),
+           "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.jit.load(str(ts))(torch.randn(1, 9, 32, 32)).shape == (1, 2, 32, 32)
@@ -153,8 +192,9 @@ def test_evaluate_overlay(cohort, tmp_path):
 
 
 def run_inference(tmp_path, datalist, **extra):
+    """inference.json as shipped: bundle_root is the bundle, so models/model.pt is loaded."""
     wf = ConfigWorkflow(str(CONFIGS / "inference.json"), workflow_type="infer", bundle_root=str(BUNDLE),
-                        output_dir=str(tmp_path), datalist=datalist, num_workers=0, **TINY_NET, **extra)
+                        output_dir=str(tmp_path), datalist=datalist, num_workers=0, **extra)
     wf.initialize()
     wf.run()
     wf.finalize()
@@ -174,10 +214,12 @@ def test_inference_nifti_prediction_on_input_grid(cohort, tmp_path):
     assert (tmp_path / "scores.csv").read_text().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_inference_on_real_dicom_phantom(shared_data, tmp_path):
-    """QRM phantom DICOM series end to end (random weights: proves the pipeline runs, not accuracy)."""
+    """QRM phantom DICOM series end to end with the shipped weights (proves the pipeline runs on a
+    real scanner series; the phantom has no heart anatomy, so no accuracy is asserted)."""
     dicom = shared_data / "qrm_phantom" / "dicom"
-    run_inference(tmp_path, [str(dicom)], in_plane_size=[64, 64], slab_batch_size=47)
+    run_inference(tmp_path, [str(dicom)])
     pred = nib.load(tmp_path / "dicom_seg.nii.gz")
     assert pred.shape == (512, 512, 47)
     assert np.allclose(pred.header.get_zooms(), (0.488, 0.488, 3.0), atol=1e-3)
@@ -224,32 +266,71 @@ def test_monai_label_style_inference(cohort):
     assert "agatston" in out["calcium_score"]
 
 
-def test_synthetic_demo_overlay_is_a_reduced_network_on_paper_defaults():
-    """configs/train_synthetic_demo.json only narrows the network and the sizes for a CPU run; the
-    loss, the momentum and the DenseRAUnet modules stay the paper's (train.json) values."""
-    p = parser("train.json", "train_synthetic_demo.json")
+def test_synthetic_overlay_keeps_paper_loss_and_network():
+    """configs/train_synthetic.json (the recipe of models/model.pt) changes only sizes, sampling,
+    batch, optimiser and schedule; the loss, the DenseRAUnet modules and the shipped width stay those
+    of train.json, and the checkpoint it selects is models/model.pt."""
+    p = parser("train.json", "train_synthetic.json")
     net = p.get_parsed_content("network_def")
-    assert isinstance(net, DenseRAUnet)
-    assert (net.init_features, net.growth_rate, net.block_config) == (16, 8, (2, 2, 2, 2))
+    assert isinstance(net, DenseRAUnet) and net_kw(net) == {k: SHIPPED_KW[k] for k in net_kw(net)}
     assert net.use_rau and net.use_edb and net.use_scse
-    assert sum(x.numel() for x in net.parameters()) < 500_000
-    out = net.eval()(torch.zeros(1, 9, 128, 128))
-    assert tuple(out.shape) == (1, 2, 128, 128)
-    assert (p["loss_threshold"], p["loss_alpha"], p["loss_beta"], p["loss_iou_weight"], p["momentum"]) == (
-        0.9, 5.0, 1.0, 1.0, 0.9)
+    assert (p["loss_threshold"], p["loss_alpha"], p["loss_beta"], p["loss_iou_weight"], p["loss_normalize"]) == (
+        0.9, 5.0, 1.0, 1.0, "selected")
+    assert isinstance(p.get_parsed_content("optimizer"), torch.optim.Adam)
+    assert (p["in_plane_size"], p["patch_size"], p["batch_size"], p["positive_fraction"]) == ([256, 256], [128, 128], 4, 0.9)
+    sched = p.get_parsed_content("train#lr_scheduler")
+    assert (sched.step_size, sched.gamma) == (p["lr_step_iterations"], p["lr_decay"])
     saver = p["validate"]["handlers"][1]
-    assert saver["_target_"] == "CheckpointSaver" and saver["key_metric_filename"] == "model_demo.pt"
+    assert saver["_target_"] == "CheckpointSaver" and saver["key_metric_filename"] == "model.pt"
+    assert "model_demo" not in json.dumps({k: v for k, v in p.config.items() if k != "_meta_"})
+    inference = parser("inference.json")
+    assert inference["in_plane_size"] == p["in_plane_size"]  # the shipped weights see the matrix they were trained on
 
 
-def test_demo_weights_load_into_the_demo_network():
-    """models/model_demo.pt (CPU demo on synthetic chest CT) matches the overlay's reduced network
-    exactly (strict load), and marks no calcium on uniform soft tissue (40 HU)."""
-    weights = BUNDLE / "models" / "model_demo.pt"
-    if not weights.exists():
-        pytest.skip("no demo weights")
-    net = parser("train.json", "train_synthetic_demo.json").get_parsed_content("network_def")
-    net.load_state_dict(torch.load(weights, map_location="cpu"), strict=True)
-    x = torch.full((1, 9, 64, 64), (40.0 + 1000.0) / 3000.0)  # 40 HU everywhere
-    with torch.no_grad():
-        calcium = net.eval()(x).argmax(1)
-    assert int(calcium.sum()) == 0
+def test_finetune_overlay_continues_from_the_checkpoint():
+    """configs/train_synthetic_finetune.json (stage 2 of models/model.pt): 2 epochs at a quarter of
+    the stage-1 rate, and its initialize step loads <bundle_root>/models/model.pt into the network."""
+    p = parser("train.json", "train_synthetic.json", "train_synthetic_finetune.json")
+    assert (p["epochs"], p["learning_rate"], p["batch_size"]) == (2, 0.00025, 4)
+    p["bundle_root"] = str(BUNDLE)
+    p["device"] = "$torch.device('cpu')"
+    p.get_parsed_content("initialize")
+    shipped = torch.load(WEIGHTS, map_location="cpu")
+    state = p.get_parsed_content("network").state_dict()
+    assert state.keys() == shipped.keys()
+    assert all(torch.equal(state[k], shipped[k]) for k in shipped)
+
+
+# seed of the unseen test case: outside the training (0-39) and held-out test (1000-1011, 2000-2011) seeds
+UNSEEN_CHEST_SEED = 3003
+
+
+@pytest.fixture(scope="module")
+def unseen_chest_result(tmp_path_factory):
+    """inference.json as shipped (models/model.pt, strict load) on a freshly generated synthetic
+    chest case (seed 3003, 256 x 256 x 24 at 1 x 1 x 2.5 mm, Agatston 245, 101-400), never seen in
+    training. Returns the report, the lesion detection of the saved mask (3D 6-connected, against
+    the label above 130 HU) and the true category."""
+    tmp = tmp_path_factory.mktemp("unseen_chest")
+    net = parser("inference.json").get_parsed_content("network_def")
+    net.load_state_dict(torch.load(WEIGHTS, map_location="cpu"), strict=True)  # what CheckpointLoader loads
+    case = generate("chest", UNSEEN_CHEST_SEED, shape=(256, 256, 24), spacing=(1.0, 1.0, 2.5))
+    write_case(case, tmp / "case")
+    image = tmp / "case" / "imagesTr" / f"{case.case_id}.nii.gz"
+    run_inference(tmp / "out", [str(image)], slab_batch_size=24)
+    report = json.loads((tmp / "out" / f"{case.case_id}.json").read_text())
+    seg = np.asarray(nib.load(tmp / "out" / f"{case.case_id}_seg.nii.gz").dataobj)
+    label = np.asarray(nib.load(tmp / "case" / "labelsTr" / f"{case.case_id}.nii.gz").dataobj)
+    ref = (label > 0) & (np.asarray(nib.load(image).dataobj) >= 130)
+    return report, lesion_detection(*lesion_counts(seg, ref)), case.truth
+
+
+def test_shipped_weights_segment_an_unseen_chest_case(unseen_chest_result):
+    """Learning regression check on the unseen case: the predicted Agatston lands in the true risk
+    category and the lesion F1 is at least 0.7. For scale: a mask of every voxel at or above
+    130 HU (bone, aortic calcium, noise) finds all 6 lesions with PPV 6/4237, lesion F1 0.003; the
+    shipped weights give Agatston 233 (truth 245), 6/6 lesions found, PPV 6/7, lesion F1 0.92."""
+    report, lesions, truth = unseen_chest_result
+    assert truth["risk_category"] == "101-400"
+    assert report["risk_category"] == truth["risk_category"], (report["agatston"], truth["agatston"])
+    assert lesions["f1"] >= 0.7, lesions
