@@ -149,12 +149,15 @@ def _infer_and_dice(case, tmp_path, *overlays, **overrides) -> float:
     report = json.loads((out / f"{case.case_id}.json").read_text())
     voxel_mm3 = float(np.prod(case.spacing))
     assert report["total_mm3"] == pytest.approx(pred.sum() * voxel_mm3, rel=1e-6)
-    return 2.0 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    dice = 2.0 * (pred & ref).sum() / (pred.sum() + ref.sum())
+    print(f"{case.case_id}: Dice {dice:.3f} ({int(pred.sum())} predicted, {int(ref.sum())} reference voxels)")
+    return dice
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="target not reached: the shipped model (session 1 recipe) scores Dice about 0.2 on held-out synthetic heads (docs/README.md, Performance); strict, so reaching the target turns this into a failure to remove the mark")
 def test_shipped_model_segments_a_fresh_synthetic_head_on_the_frame(tmp_path):
-    """Fast variant: a head generated on the training frame (seed 5000, unseen), no registration."""
+    """A head generated on the training frame (seed 5000, unseen), no registration (about 20 s)."""
     script = _cohort_script()
     case = generate_head(5000, shape=script.FRAME_SHAPE, spacing=script.FRAME_SPACING,
                          grid_centre_mm=script.FRAME_CENTRE_MM, pose=True, max_rotation_deg=script.ROTATION_DEG,
