@@ -88,10 +88,12 @@ def test_network_def_scripts():
         torch.testing.assert_close(scripted(x), net(x))
 
 
+@pytest.mark.slow
 def test_verify_net_in_out(tmp_path):
+    """verify_net_in_out on the shipped network (inference.json defaults) at the metadata's patch size."""
     cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
            "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-           "--features", "[1,1,1]", "--device", "cpu"]
+           "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -137,25 +139,24 @@ def test_train_one_epoch_and_infer(tmp_path):
     assert "total_mm3" in report and (out / "icac_volumes.csv").is_file()
 
 
-def _run_real_head_ct(shared_data, tmp_path, register: bool):
+def _run_real_head_ct(shared_data, tmp_path, register: bool) -> float:
+    """Inference with the shipped models/model.pt on the real head CT; returns the ICAC volume (mm^3)."""
     src = sorted((shared_data / "head_ct").glob("*.nii.gz"))
     if not src:
         pytest.skip("no NIfTI in ../shared/data/head_ct")
     images = tmp_path / "images"
     images.mkdir()
     (images / src[0].name).symlink_to(src[0])
-    bundle_root = tmp_path / "bundle"
-    (bundle_root / "models").mkdir(parents=True)
     ref = nib.load(str(src[0]))
-    small = {"features": [1, 1, 1], "overlap": 0.0, "frame_shape": [120, 120, 62], "frame_spacing": [0.92, 0.92, 1.6]}
-    if not register:  # the frame centred on the scan in its own world coordinates
+    if register:  # the paper's pipeline: registration, the 240 x 240 x 100 frame in one window
+        overlays, small = (), {"patch_size": [325, 325, 136], "overlap": 0.0}
+    else:  # the synthetic training frame, centred on the scan in its own world coordinates
         centre = ref.affine @ np.append((np.array(ref.shape) - 1) / 2, 1.0)
-        small.update(register_to_reference=False, frame_centre_mm=centre[:3].tolist(), midline_x_mm=None)
-    net = _parser("inference.json", **small).get_parsed_content("network_def")
-    torch.save(net.state_dict(), bundle_root / "models" / "model.pt")  # untrained weights: a smoke run
+        overlays, small = ("inference_synthetic.json",), {"frame_centre_mm": centre[:3].tolist(), "midline_x_mm": None}
     out = tmp_path / "out"
-    parser = _parser("inference.json", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out),
-                     reference_file=str(BUNDLE / "models" / "reference_head.nii.gz"), **small)
+    parser = _parser("inference.json", *overlays)
+    parser.update(dict(bundle_root=str(BUNDLE), dataset_dir=str(images), output_dir=str(out), **small))
+    parser.get_parsed_content("initialize")
     parser.get_parsed_content("evaluator").run()
     stem = src[0].name[: -len(".nii.gz")]
     seg = nib.load(str(out / f"{stem}_seg.nii.gz"))
@@ -165,31 +166,40 @@ def _run_real_head_ct(shared_data, tmp_path, register: bool):
     assert set(np.unique(values).tolist()) <= {0, 1, 2}
     assert not np.any(values[ref.get_fdata() < 130] > 0)  # voxels below 130 HU removed
     report = json.loads((out / f"{stem}.json").read_text())
-    assert report["total_mm3"] >= 0 and set(report["per_label"]) <= {"ICA_left", "ICA_right"}
+    assert set(report["per_label"]) <= {"ICA_left", "ICA_right"}
+    voxel_mm3 = float(np.prod(ref.header.get_zooms()[:3]))
+    assert report["total_mm3"] == pytest.approx(float((values > 0).sum()) * voxel_mm3, rel=1e-4)
     assert (out / "icac_volumes.csv").is_file()
+    print(f"ICAC volume of {src[0].name} (register={register}): {report['total_mm3']:.1f} mm3")
+    return report["total_mm3"]
 
 
 @pytest.mark.shared_data
 def test_inference_on_real_head_ct(shared_data, tmp_path):
-    """The real head CT (no reference label): inference completes and writes a segmentation on its grid."""
+    """The real head CT (no reference label), shipped weights: inference completes on its grid."""
     _run_real_head_ct(shared_data, tmp_path, register=False)
 
 
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_inference_on_real_head_ct_registered(shared_data, tmp_path):
-    """The paper's pipeline on the real head CT: rigid registration to the shipped reference, frame, back."""
+    """The paper's pipeline on the real head CT with the shipped weights: registration, frame, back."""
     _run_real_head_ct(shared_data, tmp_path, register=True)
 
+
+@pytest.mark.slow
 def test_ckpt_export_torchscript(tmp_path):
-    net = _parser("inference.json", features=[1, 1, 1]).get_parsed_content("network_def")
-    torch.save(net.state_dict(), tmp_path / "model.pt")
+    """ckpt_export of the shipped models/model.pt with inference.json; TorchScript equals the eager network."""
+    weights = BUNDLE / "models" / "model.pt"
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
-           "--ckpt_file", str(tmp_path / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"),
-           "--config_file", str(CONFIGS / "inference.json"), "--features", "[1,1,1]"]
+           "--ckpt_file", str(weights), "--meta_file", str(CONFIGS / "metadata.json"),
+           "--config_file", str(CONFIGS / "inference.json")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    net = _parser("inference.json").get_parsed_content("network_def")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("model", state), strict=True)
     loaded = torch.jit.load(str(tmp_path / "model.ts")).eval()
-    x = torch.randn(1, 1, 97, 97, 40)
+    x = torch.rand(1, 1, 97, 97, 40)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net.eval()(x))
