@@ -59,6 +59,8 @@ class OrcaScoreCascadeInferer(Inferer):
         slice_batch_size: slices per forward pass of stages 1 and 2 (memory knob).
         fp_batch_size: windows per forward pass of stage 3.
         use_fp_stage: switch for the paper's Table 5 (with / without false-positive removal).
+        divisible: the ROI crop is zero-padded to a multiple of this before stage 2 (32: the five
+            down-samplings of the EfficientNet / ResNet encoders); the padding is cut off the output.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class OrcaScoreCascadeInferer(Inferer):
         slice_batch_size: int = 4,
         fp_batch_size: int = 24,
         use_fp_stage: bool = True,
+        divisible: int = 32,
     ) -> None:
         super().__init__()
         self.roi_network = roi_network
@@ -81,6 +84,7 @@ class OrcaScoreCascadeInferer(Inferer):
         self.slice_batch_size = slice_batch_size
         self.fp_batch_size = fp_batch_size
         self.use_fp_stage = use_fp_stage
+        self.divisible = max(int(divisible), 1)
         self.last_roi_boxes: list = []
 
     @torch.no_grad()
@@ -113,7 +117,12 @@ class OrcaScoreCascadeInferer(Inferer):
         box = tuple(widen_range(lo, hi, self.min_roi_size, n) for (lo, hi), n in zip(box, (nx, ny)))
         (x0, x1), (y0, y1) = box
         crop = vol[:, x0:x1, y0:y1].permute(3, 0, 1, 2)  # (Z, 1, h, w)
-        probs = _run_slices(network, crop, self.slice_batch_size)  # (Z, K, h, w)
+        # encoder U-Nets halve the size 5 times: pad the crop (value 0 = the lowest intensity) to a multiple
+        # of ``divisible`` so the output grid matches the input, then cut the padding off again
+        h, w = crop.shape[-2:]
+        pad_h, pad_w = (-h) % self.divisible, (-w) % self.divisible
+        crop = torch.nn.functional.pad(crop, (0, pad_w, 0, pad_h))
+        probs = _run_slices(network, crop, self.slice_batch_size)[..., :h, :w]  # (Z, K, h, w)
         n_classes = probs.shape[1]
         label = torch.zeros((nx, ny, nz), dtype=torch.long, device=vol.device)
         label[x0:x1, y0:y1] = probs.argmax(1).permute(1, 2, 0)
