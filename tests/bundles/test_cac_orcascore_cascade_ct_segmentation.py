@@ -72,6 +72,9 @@ def test_shipped_widths_identical_in_training_and_inference_and_paper_overlay_re
     assert paper_inf["fp_backbone"] == paper_fp["backbone"].replace("@fp_backbone", paper_fp["fp_backbone"]) == "efficientnet-b5"
     assert paper_fp["fp_decoder_channels"] == [256, 128, 64, 32, 16]
     assert paper_roi["network_def"]["features"] == "@roi_features"
+    # stage 2's input window: the synthetic recipe's 64 x 64 patches in the shipped inference, the paper's 256 restored
+    assert inf["patch_size"] == 64 and inf["inferer"]["roi_size"] == ["@patch_size", "@patch_size"]
+    assert paper_inf["patch_size"] == 256
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

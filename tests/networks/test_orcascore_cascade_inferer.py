@@ -105,3 +105,16 @@ def test_cascade_pads_roi_to_encoder_multiple_and_crops_output_back():
     stage2 = ShapeRecorder()
     OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, opening_size=1, divisible=1)(vol, stage2)
     assert set(stage2.sizes) == {(40, 45)}
+
+
+def test_cascade_stage2_sliding_window_of_training_patch_size():
+    """roi_size: stage 2 sees only windows of the patch size it was trained on (here 32 x 32 over a 40 x 45 box)."""
+    vol = torch.zeros(1, 1, 128, 128, 2)
+    vol[0, 0, 40:80, 50:95, :] = 0.6
+    vol[0, 0, 41, 93, 1] = 1.0
+    vol[0, 0, 78, 51, 0] = 1.0
+    stage2 = ShapeRecorder()
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, opening_size=1, roi_size=(32, 32))
+    label = inferer(vol, stage2).argmax(1)[0]
+    assert set(stage2.sizes) == {(32, 32)}
+    assert label.nonzero().tolist() == [[41, 93, 1], [78, 51, 0]]

@@ -90,7 +90,7 @@ def main() -> int:
     work = Path(args.work_dir or Path(args.out).resolve().parent / "cascade_work")
     images = str(Path(args.dataset_dir) / "Training" / "Images")
     result = {"cases": [i["case_id"] for i in items], "stage1": stage1_scores(items, args.heart_dir, {})}
-    for key, use_fp in (("stages_1_2", "false"), ("stages_1_2_3", "true")):
+    for key, use_fp in (("stages_1_2", "$False"), ("stages_1_2_3", "$True")):
         out_dir = work / key
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
                "--bundle_root", str(BUNDLE), "--dataset_dir", images, "--output_dir", str(out_dir), "--use_fp_stage", use_fp]
