@@ -8,10 +8,12 @@ works on 2D axial slices.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn as nn
-from monai.inferers import Inferer
+from monai.inferers import Inferer, sliding_window_inference
 from monai.utils import convert_to_dst_type
 
 from ctbundles.transforms.orcascore_cascade import (
@@ -59,6 +61,12 @@ class OrcaScoreCascadeInferer(Inferer):
         slice_batch_size: slices per forward pass of stages 1 and 2 (memory knob).
         fp_batch_size: windows per forward pass of stage 3.
         use_fp_stage: switch for the paper's Table 5 (with / without false-positive removal).
+        divisible: the ROI crop is zero-padded to a multiple of this before stage 2 (32: the five
+            down-samplings of the EfficientNet / ResNet encoders); the padding is cut off the output.
+        roi_size: when given, stage 2 runs as a sliding window of this size over the ROI crop (MONAI
+            ``sliding_window_inference``, overlap 0.25), i.e. on inputs of the size it was trained on:
+            EfficientNet's squeeze-and-excitation blocks pool over the whole input, so a network trained
+            on patches changes its output on a larger crop. ``None``: the whole (padded) crop at once.
     """
 
     def __init__(
@@ -71,6 +79,8 @@ class OrcaScoreCascadeInferer(Inferer):
         slice_batch_size: int = 4,
         fp_batch_size: int = 24,
         use_fp_stage: bool = True,
+        divisible: int = 32,
+        roi_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.roi_network = roi_network
@@ -81,6 +91,8 @@ class OrcaScoreCascadeInferer(Inferer):
         self.slice_batch_size = slice_batch_size
         self.fp_batch_size = fp_batch_size
         self.use_fp_stage = use_fp_stage
+        self.divisible = max(int(divisible), 1)
+        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
         self.last_roi_boxes: list = []
 
     @torch.no_grad()
@@ -113,7 +125,17 @@ class OrcaScoreCascadeInferer(Inferer):
         box = tuple(widen_range(lo, hi, self.min_roi_size, n) for (lo, hi), n in zip(box, (nx, ny)))
         (x0, x1), (y0, y1) = box
         crop = vol[:, x0:x1, y0:y1].permute(3, 0, 1, 2)  # (Z, 1, h, w)
-        probs = _run_slices(network, crop, self.slice_batch_size)  # (Z, K, h, w)
+        # encoder U-Nets halve the size 5 times: pad the crop (value 0 = the lowest intensity) to a multiple
+        # of ``divisible`` so the output grid matches the input, then cut the padding off again
+        h, w = crop.shape[-2:]
+        if self.roi_size is not None:  # windows of the training patch size over the ROI crop
+            probs = torch.softmax(
+                sliding_window_inference(crop, self.roi_size, self.slice_batch_size, network, overlap=0.25), dim=1
+            )
+        else:
+            pad_h, pad_w = (-h) % self.divisible, (-w) % self.divisible
+            crop = torch.nn.functional.pad(crop, (0, pad_w, 0, pad_h))
+            probs = _run_slices(network, crop, self.slice_batch_size)[..., :h, :w]  # (Z, K, h, w)
         n_classes = probs.shape[1]
         label = torch.zeros((nx, ny, nz), dtype=torch.long, device=vol.device)
         label[x0:x1, y0:y1] = probs.argmax(1).permute(1, 2, 0)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 
-__all__ = ["OrcaScoreEncoderUNet", "ZeroPadShortcut", "PAPER_ENCODERS"]
+__all__ = ["OrcaScoreEncoderUNet", "ZeroPadShortcut", "PAPER_ENCODERS", "load_matching_weights"]
 
 #: encoders compared in the paper's Tables 3 and 6, as MONAI FlexibleUNet backbone names
 PAPER_ENCODERS = (
@@ -126,3 +126,21 @@ class OrcaScoreEncoderUNet(FlexibleUNet):
             for module in self.encoder.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.momentum = float(encoder_bn_momentum)
+
+
+def load_matching_weights(network: nn.Module, path: str | None) -> int:
+    """Copy every tensor of the state dict at ``path`` whose name and shape match ``network``'s (the rest
+    keep their values); returns how many were copied (0 when ``path`` is ``None``).
+
+    Used to start the stage-3 network from the trained stage-2 network (same encoder and decoder, a
+    2-class head instead of 4 classes): a deviation of the synthetic recipe (docs/README.md).
+    """
+    if not path:
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = network.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not matched:
+        raise ValueError(f"{path}: no tensor matches the network's names and shapes")
+    network.load_state_dict(matched, strict=False)
+    return len(matched)

@@ -25,8 +25,9 @@ TRAIN = str(CONFIGS / "train.json")
 STAGES = {
     "roi": ([TRAIN, str(CONFIGS / "train_roi.json")], "network_def", 2, None),
     "calcium": ([TRAIN, str(CONFIGS / "train_calcium.json")], "network_def", 4, "efficientnet-b0"),
-    "fp": ([TRAIN, str(CONFIGS / "train_fp.json")], "network_def", 2, "efficientnet-b5"),
+    "fp": ([TRAIN, str(CONFIGS / "train_fp.json")], "network_def", 2, "efficientnet-b0"),  # shipped (reduced) default
 }
+PAPER = str(CONFIGS / "paper_network.json")
 
 
 def parser_for(files, **overrides) -> ConfigParser:
@@ -52,6 +53,28 @@ def test_paper_hyperparameters_per_stage():
     aug = parser_for(STAGES["calcium"][0])["augmentation"]
     assert [a.get("spatial_axis") for a in aug[:2]] == [0, 1]
     assert aug[2]["range_x"] == pytest.approx(np.pi / 4)
+
+
+def test_shipped_widths_identical_in_training_and_inference_and_paper_overlay_restores_paper_widths():
+    """Deviation 1: the shipped networks are reduced widths; train and inference configs agree, and
+    paper_network.json restores Sects. 3.2.1-3.2.3 (64 ... 1024 filters, decoder 256 ... 16, EfficientNet-B5)."""
+    inf = parser_for([str(CONFIGS / "inference.json")])
+    roi, cal, fp = (parser_for(STAGES[s][0]) for s in ("roi", "calcium", "fp"))
+    assert roi["roi_features"] == inf["roi_features"] == [8, 16, 32, 64, 128, 8]
+    assert cal["decoder_channels"] == inf["decoder_channels"] == [32, 16, 16, 8, 8]
+    assert fp.get_parsed_content("network_def").backbone == inf["fp_backbone"] == "efficientnet-b0"
+    assert fp["fp_decoder_channels"] == inf["fp_decoder_channels"] == [32, 16, 16, 8, 8]
+    paper_inf = parser_for([str(CONFIGS / "inference.json"), PAPER])
+    paper_fp = parser_for(STAGES["fp"][0] + [PAPER])
+    paper_roi = parser_for(STAGES["roi"][0] + [PAPER])
+    assert paper_inf["roi_features"] == paper_roi["roi_features"] == [64, 128, 256, 512, 1024, 64]
+    assert paper_inf["decoder_channels"] == parser_for(STAGES["calcium"][0] + [PAPER])["decoder_channels"] == [256, 128, 64, 32, 16]
+    assert paper_inf["fp_backbone"] == paper_fp["backbone"].replace("@fp_backbone", paper_fp["fp_backbone"]) == "efficientnet-b5"
+    assert paper_fp["fp_decoder_channels"] == [256, 128, 64, 32, 16]
+    assert paper_roi["network_def"]["features"] == "@roi_features"
+    # stage 2's input window: the synthetic recipe's 64 x 64 patches in the shipped inference, the paper's 256 restored
+    assert inf["patch_size"] == 64 and inf["inferer"]["roi_size"] == ["@patch_size", "@patch_size"]
+    assert paper_inf["patch_size"] == 256
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

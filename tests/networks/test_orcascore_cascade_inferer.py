@@ -76,3 +76,45 @@ def test_cascade_runs_paper_networks_small():
 def test_cascade_rejects_non_volume():
     with pytest.raises(ValueError, match="B, 1, X, Y, Z"):
         OrcaScoreCascadeInferer(ThresholdNet(0.5))(torch.zeros(1, 1, 8, 8), ThresholdNet(0.5))
+
+
+class ShapeRecorder(nn.Module):
+    """Records the input sizes it sees; two-class logits with class 1 where the input exceeds 0.9."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return torch.cat([torch.zeros_like(x), 100 * (x - 0.9)], dim=1)
+
+
+def test_cascade_pads_roi_to_encoder_multiple_and_crops_output_back():
+    """A 40 x 45 heart box: stage 2 sees it zero-padded to 64 x 64; the output is cut back to the box."""
+    vol = torch.zeros(1, 1, 128, 128, 2)
+    vol[0, 0, 40:80, 50:95, :] = 0.6
+    vol[0, 0, 41, 93, 1] = 1.0  # calcium at the box's far corner (row 1, column 43 of the crop)
+    stage2 = ShapeRecorder()
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, opening_size=1)
+    label = inferer(vol, stage2).argmax(1)[0]
+    assert inferer.last_roi_boxes == [[[40, 80], [50, 95]]]
+    assert set(stage2.sizes) == {(64, 64)}
+    assert label.nonzero().tolist() == [[41, 93, 1]]
+    # with divisible=1 the crop goes in as it is
+    stage2 = ShapeRecorder()
+    OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, opening_size=1, divisible=1)(vol, stage2)
+    assert set(stage2.sizes) == {(40, 45)}
+
+
+def test_cascade_stage2_sliding_window_of_training_patch_size():
+    """roi_size: stage 2 sees only windows of the patch size it was trained on (here 32 x 32 over a 40 x 45 box)."""
+    vol = torch.zeros(1, 1, 128, 128, 2)
+    vol[0, 0, 40:80, 50:95, :] = 0.6
+    vol[0, 0, 41, 93, 1] = 1.0
+    vol[0, 0, 78, 51, 0] = 1.0
+    stage2 = ShapeRecorder()
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, opening_size=1, roi_size=(32, 32))
+    label = inferer(vol, stage2).argmax(1)[0]
+    assert set(stage2.sizes) == {(32, 32)}
+    assert label.nonzero().tolist() == [[41, 93, 1], [78, 51, 0]]

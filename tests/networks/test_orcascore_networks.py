@@ -154,3 +154,23 @@ def test_encoder_bn_momentum_default_keeps_backbone_and_override_sets_all_encode
     # the decoder keeps its own (0.1) and the narrow decoder is used
     assert {m.momentum for m in net.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
     assert net.segmentation_head[0].in_channels == 8
+
+
+def test_load_matching_weights_copies_all_but_the_head(tmp_path):
+    """Stage 3 from stage 2 (synthetic recipe): same encoder/decoder, 2-class instead of 4-class head."""
+    from ctbundles.networks.orcascore_encoder_unet import load_matching_weights
+
+    torch.manual_seed(0)
+    stage2 = OrcaScoreEncoderUNet(out_channels=4, decoder_channels=(32, 16, 16, 8, 8))
+    torch.save(stage2.state_dict(), tmp_path / "model.pt")
+    torch.manual_seed(1)
+    stage3 = OrcaScoreEncoderUNet(out_channels=2, decoder_channels=(32, 16, 16, 8, 8))
+    head_before = stage3.state_dict()["segmentation_head.0.weight"].clone()
+    n = load_matching_weights(stage3, str(tmp_path / "model.pt"))
+    s2, s3 = stage2.state_dict(), stage3.state_dict()
+    differing = [k for k in s2 if s2[k].shape != s3[k].shape]
+    assert differing == ["segmentation_head.0.weight", "segmentation_head.0.bias"]
+    assert n == len(s2) - 2
+    assert all(torch.equal(s2[k], s3[k]) for k in s2 if k not in differing)
+    assert torch.equal(s3["segmentation_head.0.weight"], head_before)
+    assert load_matching_weights(stage3, None) == 0

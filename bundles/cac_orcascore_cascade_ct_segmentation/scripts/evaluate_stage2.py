@@ -19,8 +19,10 @@ import json
 import os
 import time
 
+import nibabel as nib
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 from monai.transforms import Compose
@@ -28,6 +30,41 @@ from monai.transforms import Compose
 from ctbundles.metrics.orcascore_evaluation import lesion_detection, orcascore_lesions, pixel_scores
 from ctbundles.transforms.ct_io import load_ct, load_label
 from ctbundles.transforms.orcascore_cascade import component_crop_boxes, extract_crops, heart_roi_box, paste_crops, widen_range
+
+
+def false_positive_kinds(hu, ref, pred, negatives, affine, spacing, near_mm: float = 3.0, bone_voxels: int = 200) -> list[str]:
+    """Diagnostic: where each false-positive lesion (3D 6-connected predicted > 130 HU voxels without a
+    reference voxel) lies. ``aortic_valve`` / ``aortic_wall`` / ``bone_touching``: within ``near_mm`` of
+    the ellipsoid of one of the generator's unlabelled calcifications (``hard_negatives``, world RAS mm,
+    ``affine`` of the NIfTI twin); ``bone``: inside a > 130 HU structure of more than ``bone_voxels``
+    voxels without reference calcium (ribs, vertebrae, sternum); ``lesion_rim``: within ``near_mm`` of a
+    reference lesion; ``other``: anywhere else (noise above 130 HU in soft tissue or blood)."""
+    bright = hu > 130
+    six = ndimage.generate_binary_structure(3, 1)
+    ids, n = ndimage.label(bright & ((pred > 0) | (ref > 0)), six)
+    big_ids, _ = ndimage.label(bright, six)
+    big_size = np.bincount(big_ids.ravel())
+    ref_dist = ndimage.distance_transform_edt(ref == 0, sampling=spacing) if ref.any() else np.full(hu.shape, np.inf)
+    inv = np.linalg.inv(affine)
+    centres = [(neg["kind"], inv[:3, :3] @ np.asarray(neg["center_mm"]) + inv[:3, 3], max(neg["size_mm"]) / 2) for neg in negatives]
+    kinds = []
+    for i, sl in enumerate(ndimage.find_objects(ids), start=1):
+        comp = ids[sl] == i
+        if (ref[sl][comp] > 0).any() or not (pred[sl][comp] > 0).any():
+            continue
+        vox = np.argwhere(comp) + [s.start for s in sl]
+        kind = "other"
+        for name, c, r in centres:
+            if np.min(np.linalg.norm((vox - c) * np.asarray(spacing), axis=1)) <= r + near_mm:
+                kind = name
+                break
+        else:
+            if big_size[big_ids[tuple(vox[0])]] > bone_voxels:
+                kind = "bone"
+            elif ref_dist[tuple(vox.T)].min() <= near_mm:
+                kind = "lesion_rim"
+        kinds.append(kind)
+    return kinds
 
 
 def main() -> int:
@@ -38,6 +75,8 @@ def main() -> int:
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--fp_ckpt", default=None, help="stage-3 checkpoint (optional)")
     ap.add_argument("--fp_config", default=None, help="config list of the stage-3 network")
+    ap.add_argument("--items", choices=("val", "all"), default="val", help="the validation fold (val) or every training item of the cohort (all: a held-out cohort)")
+    ap.add_argument("--breakdown", action="store_true", help="sort the false-positive lesions by where they lie (diagnostic)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -46,7 +85,7 @@ def main() -> int:
     parser = ConfigParser()
     parser.read_config(json.loads(args.config.replace("'", '"')))
     parser["bundle_root"], parser["dataset_dir"] = bundle_root, args.dataset_dir
-    items = parser.get_parsed_content("val_datalist")
+    items = parser.get_parsed_content("val_datalist" if args.items == "val" else "datalist")
     load = Compose(parser.get_parsed_content("load") + parser.get_parsed_content("intensity"))
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(args.ckpt, map_location="cpu"))
@@ -60,7 +99,7 @@ def main() -> int:
         fp_net = fp_parser.get_parsed_content("network_def")
         fp_net.load_state_dict(torch.load(args.fp_ckpt, map_location="cpu"))
         fp_net.eval()
-    refs, preds2, preds3, les2, les3 = [], [], [], [], []
+    refs, preds2, preds3, les2, les3, breakdown = [], [], [], [], [], {}
     for item in items:
         truth = json.load(open(item["truth"]))
         heart_file = os.path.join(args.heart_dir, "extrasTr", f"{truth['case_id']}_heart_mask.nii.gz")
@@ -88,6 +127,11 @@ def main() -> int:
         preds2.append(pred)
         spacing = [float(s) for s in d["image"].meta["spacing"]]
         les2.append(orcascore_lesions(hu, ref, pred, spacing))
+        if args.breakdown:
+            affine = nib.load(os.path.join(args.heart_dir, "imagesTr", f"{truth['case_id']}.nii.gz")).affine
+            negatives = truth["truth_native_labels"]["generator"]["hard_negatives"]
+            for kind in false_positive_kinds(hu, ref, pred, negatives, affine, spacing):
+                breakdown[kind] = breakdown.get(kind, 0) + 1
         if fp_net is not None:
             keep = np.zeros(hu.shape, bool)
             img = d["image"][0].numpy()
@@ -107,6 +151,8 @@ def main() -> int:
         "without_stage3": {"pixel": pixel_scores(refs, preds2), "lesion": lesion_detection(les2)},
         "seconds": round(time.time() - t0, 1),
     }
+    if args.breakdown:
+        result["false_positive_lesions_by_kind"] = breakdown
     if fp_net is not None:
         result["with_stage3"] = {"pixel": pixel_scores(refs, preds3), "lesion": lesion_detection(les3)}
     for key in ("without_stage3", "with_stage3"):
