@@ -297,7 +297,9 @@ def main(argv=None) -> int:
     cmd = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
            "--port", str(port), "--conf", "models", "all"]
     log("starting " + " ".join(cmd) + f" (log: {server_log})")
-    env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="false")
+    # the monailabel launcher runs the "python" it finds on PATH: the venv's
+    env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="false", VIRTUAL_ENV=str(Path(python).parent.parent),
+               PATH=f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     results = []
     with open(server_log, "w") as logf:
         server = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(work), env=env, start_new_session=True)

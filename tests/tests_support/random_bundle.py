@@ -19,21 +19,26 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
 
 
-def make_random_bundle(name: str, dest, config_updates: dict | None = None, seed: int = 0, skip: tuple = ()) -> Path:
+def make_random_bundle(name: str, dest, config_updates: dict | None = None, seed: int = 0, skip: tuple = (),
+                       also_train: bool = False) -> Path:
     """Copy ``bundles/<name>`` to ``dest/<name>``, apply ``config_updates`` (top-level or ``a#b`` ids)
     to its ``configs/inference.json`` and save random weights for every checkpoint it loads, except
-    the networks named in ``skip`` (ids such as ``"network"``)."""
+    the networks named in ``skip`` (ids such as ``"network"``). ``also_train`` applies the same
+    updates to ``configs/train.json`` (ids it holds only), so a trainer loads the saved weights."""
     from monai.bundle import ConfigParser
 
     bundle = Path(dest) / name
     shutil.copytree(BUNDLES / name, bundle)
     cfg_path = bundle / "configs" / "inference.json"
-    if config_updates:
+    for path in [cfg_path] + ([bundle / "configs" / "train.json"] if also_train else []):
+        if not config_updates:
+            break
         parser = ConfigParser()
-        parser.read_config(str(cfg_path))
+        parser.read_config(str(path))
         for key, value in config_updates.items():
-            parser[key] = value
-        cfg_path.write_text(json.dumps(parser.get(), indent=1))
+            if path == cfg_path or key.split("#")[0] in parser.get():
+                parser[key] = value
+        path.write_text(json.dumps(parser.get(), indent=1))
     parser = ConfigParser()
     parser.read_config(str(cfg_path))
     parser["bundle_root"] = str(bundle)
