@@ -162,7 +162,7 @@ def setup_venv(venv: Path) -> Path:
     return python
 
 
-def write_cases(bundle: str, studies: Path, work: Path, n: int = 2) -> list[dict]:
+def write_cases(bundle: str, studies: Path, work: Path, n: int = 2, small: bool = True) -> list[dict]:
     """Generate ``n`` cases of the bundle's kind into the local datastore (image + labels/final)."""
     import nibabel as nib
     import numpy as np
@@ -170,7 +170,7 @@ def write_cases(bundle: str, studies: Path, work: Path, n: int = 2) -> list[dict
     from ctbundles.commands import demo
 
     kind = KIND_OF[bundle]
-    cohort = demo.make_cohort(kind, work / "cohorts" / bundle, n, seed=0, small=True)
+    cohort = demo.make_cohort(kind, work / "cohorts" / bundle, n, seed=0, small=small)
     final = studies / "labels" / "final"
     final.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -263,6 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--venv", default=None, help="virtual environment (default <work>/venv; reused when ready)")
     p.add_argument("--bundles", nargs="*", default=None, help="bundle folders (default: bundles/* with models/model.pt)")
     p.add_argument("--train-timeout", type=float, default=1800, help="seconds to wait for the one training epoch")
+    p.add_argument("--full-size", action="store_true", help="clinical-size generated cases instead of the small presets")
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the server to answer")
     a = p.parse_args(argv)
     work = Path(a.work).resolve()
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
     cases = {}
     for b in bundles:
         shutil.copytree(b, app / "model" / b.name, ignore=shutil.ignore_patterns("eval", "__pycache__"))
-        cases[b.name] = write_cases(b.name, studies, work)
+        cases[b.name] = write_cases(b.name, studies, work, small=not a.full_size)
         log(f"{b.name}: {len(cases[b.name])} generated case(s) in {studies}")
 
     port = free_port()

@@ -290,7 +290,8 @@ def _print_summary(kind: str, summary: dict) -> None:
         print("   inference skipped (--no-inference)")
         return
     print(f"   inference: python -m monai.bundle run, {inference['inference_seconds']:.1f} s, {len(inference['output_files'])} output files in {inference['output_dir']}")
-    print(f"   {'case':<12} {figure + ' pred':>16} {'truth':>10} {'Dice':>6}  risk category pred / truth")
+    risk_header = "  risk category pred / truth" if kind in ("chest", "cardiac") else ""
+    print(f"   {'case':<12} {figure + ' pred':>16} {'truth':>10} {'Dice':>6}{risk_header}")
     for row in inference["cases"]:
         if "error" in row:
             print(f"   {row['case']:<12} ERROR: {row['error']}")

@@ -37,7 +37,7 @@ FAST = {
         "fp_backbone": "efficientnet-b0", "crop_size": 32,
     },
     "icac_ct_segmentation": {
-        "features": [4, 8, 16], "register_to_reference": False, "frame_shape": [112, 112, 48], "patch_size": [112, 112, 48],
+        "features": [4, 8, 16], "register_to_reference": False, "frame_shape": [64, 64, 24], "patch_size": [146, 146, 60],
     },
 }
 KIND_OF = {spec["bundle"]: kind for kind, spec in demo.KINDS.items()}
