@@ -23,7 +23,11 @@ ship ``models/model.pt``) it
 
 Usage (from the repository root)::
 
-    python scripts/monailabel_check.py --work /tmp/monailabel_check [--bundles B1 B2 ...]
+    python scripts/monailabel_check.py --work /tmp/monailabel_check [--bundles B1 B2 ...] [--full-size]
+
+The generated cases are the small presets of ``ctbundles synth`` unless ``--full-size`` is given
+(clinical-size scans; the orCaScore cascade's ``train.json`` crops 256 x 256 patches, larger than
+the small cardiac preset's 128 x 128 slices, so its training epoch needs ``--full-size``).
 
 Exit status 0 when every bundle served, inferred and trained.
 """
