@@ -53,7 +53,7 @@ def _grid(kind, path):
     return tuple(img.shape[-3:]), np.asarray(img.affine)
 
 
-@pytest.mark.slow  # 35 s (ISLES) to 460 s (ICAC) per bundle on the shared 2-core CPU under load
+@pytest.mark.slow  # 13-23 s per bundle on the shared 2-core CPU (35-60 s under load): python -m monai.bundle run
 @pytest.mark.parametrize("bundle", sorted(FAST))
 def test_bundle_inference_writes_predictions_on_the_input_grid(tmp_path, bundle):
     kind = KIND_OF[bundle]
@@ -160,7 +160,7 @@ def test_a_bundle_without_weights_is_reported_and_the_demo_fails(tmp_path, capsy
     assert all(r["agrees"] for r in entry["read_back"])
 
 
-@pytest.mark.slow  # 50 s on the shared 2-core CPU under load (one ISLES run through monai.bundle)
+@pytest.mark.slow  # 16 s on the shared 2-core CPU (50 s under load): one ISLES run through monai.bundle
 def test_demo_summary_structure_with_a_random_weight_bundle(tmp_path, capsys):
     root = tmp_path / "bundles"
     make_random_bundle("isles2018_ctp_stroke_segmentation", root, FAST["isles2018_ctp_stroke_segmentation"])
