@@ -11,14 +11,14 @@ from ctbundles.cli import main
 
 
 def test_demo_scores_every_kind_from_files_and_matches_truth(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--seed", "3"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--seed", "3", "--no-inference"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     kinds = {s["kind"]: s for s in summary["kinds"]}
     assert set(kinds) == {"cardiac", "chest", "head", "ctp"}
     for kind, s in kinds.items():
         truth_rows = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / kind / "truth.csv"))}
-        assert {row["case"] for row in s["cases"]} == set(truth_rows)
-        for row in s["cases"]:
+        assert {row["case"] for row in s["read_back"]} == set(truth_rows)
+        for row in s["read_back"]:
             assert row["agrees"]
             # the figure the demo measured from the files equals the generator's stored truth
             assert row[s["figure"]] == pytest.approx(float(truth_rows[row["case"]][s["figure"]]), rel=1e-6, abs=1e-9)
@@ -27,15 +27,15 @@ def test_demo_scores_every_kind_from_files_and_matches_truth(tmp_path, capsys):
 
 
 def test_demo_regenerates_its_own_cohort_and_refuses_foreign_folders(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--kinds", "head"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--kinds", "head", "--no-inference"]) == 0
     first = json.loads((tmp_path / "summary.json").read_text())
-    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--kinds", "head"]) == 0
-    assert json.loads((tmp_path / "summary.json").read_text())["kinds"][0]["cases"] == first["kinds"][0]["cases"]
+    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--kinds", "head", "--no-inference"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["kinds"][0]["read_back"] == first["kinds"][0]["read_back"]
 
     foreign = tmp_path / "other"
     (foreign / "cardiac").mkdir(parents=True)
     (foreign / "cardiac" / "my_scan.nii.gz").write_bytes(b"not ours")
-    assert main(["demo", "--out", str(foreign), "--kinds", "cardiac"]) == 2
+    assert main(["demo", "--out", str(foreign), "--kinds", "cardiac", "--no-inference"]) == 2
     assert (foreign / "cardiac" / "my_scan.nii.gz").read_bytes() == b"not ours"
 
 

@@ -1,0 +1,128 @@
+"""Run a bundle's own ``configs/inference.json`` with MONAI's bundle runner, as a user would.
+
+``python -m monai.bundle run`` is started in a subprocess from the bundle folder with the bundle's
+inference config as shipped and overrides only for ``bundle_root``, ``dataset_dir`` and
+``output_dir`` (REFERENCES.md section 4: the Model Zoo layout and its config ids). Before that,
+:func:`required_weights` reads the checkpoint files the config's ``CheckpointLoader`` handlers load,
+so a bundle without its trained weights is reported as such instead of being run with random ones.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ctbundles.errors import CTInputError
+
+__all__ = ["find_bundles_root", "required_weights", "missing_weights", "run_inference", "prediction_file"]
+
+
+def find_bundles_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The folder holding the four bundles: ``explicit``, else the source checkout, else ``./bundles``."""
+    candidates = [Path(explicit)] if explicit else []
+    if not explicit:
+        import ctbundles
+
+        candidates.append(Path(ctbundles.__file__).resolve().parents[1] / "bundles")  # editable install / checkout
+        candidates.append(Path.cwd() / "bundles")
+    for c in candidates:
+        if (c / "cac_chest_cardiac_ct_segmentation" / "configs" / "inference.json").is_file() or (
+            explicit and c.is_dir()
+        ):
+            return c.resolve()
+    raise CTInputError(
+        f"no bundles folder found (looked in {', '.join(str(c) for c in candidates)}); "
+        "run from the repository root or give --bundles DIR"
+    )
+
+
+def required_weights(bundle: str | os.PathLike) -> list[Path]:
+    """Checkpoint files ``configs/inference.json`` of ``bundle`` loads, ``models/model.pt`` first.
+
+    Every ``CheckpointLoader`` handler's ``load_path`` is evaluated with ``bundle_root`` set to the
+    bundle folder. A loader whose ``_disabled_`` expression evaluates true is skipped, unless the
+    expression tests whether the file exists (a loader that quietly turns itself off when the
+    weights are missing would otherwise run the network with random weights).
+    """
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle).resolve()
+    config = bundle / "configs" / "inference.json"
+    if not config.is_file():
+        raise CTInputError(f"{config}: no inference config in bundle {bundle}")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(bundle)
+    paths = [bundle / "models" / "model.pt"]
+    for i, handler in enumerate(parser.get("handlers", []) or []):
+        if not isinstance(handler, dict) or not str(handler.get("_target_", "")).endswith("CheckpointLoader"):
+            continue
+        disabled = handler.get("_disabled_", False)
+        if isinstance(disabled, str) and "exists" not in disabled:
+            disabled = bool(parser.get_parsed_content(f"handlers#{i}#_disabled_", instantiate=False))
+        elif isinstance(disabled, str):
+            disabled = False
+        if disabled:
+            continue
+        path = Path(parser.get_parsed_content(f"handlers#{i}#load_path", instantiate=False))
+        path = path if path.is_absolute() else bundle / path
+        if path.resolve() not in [p.resolve() for p in paths]:
+            paths.append(path)
+    return paths
+
+
+def missing_weights(bundle: str | os.PathLike) -> list[Path]:
+    """The :func:`required_weights` files that do not exist."""
+    return [p for p in required_weights(bundle) if not p.is_file()]
+
+
+def run_inference(bundle, dataset_dir, output_dir, log_path, threads: int | None = None, extra: dict | None = None) -> dict:
+    """Run ``python -m monai.bundle run`` with the bundle's ``configs/inference.json``.
+
+    Only ``bundle_root``, ``dataset_dir`` and ``output_dir`` are overridden (plus ``extra``, meant for
+    tests). stdout and stderr go to ``log_path``. Returns ``{"returncode", "seconds", "command",
+    "log"}``; ``threads`` sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` of the subprocess.
+    """
+    bundle = Path(bundle).resolve()
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(bundle / "configs" / "inference.json"),
+        "--meta_file", str(bundle / "configs" / "metadata.json"),
+        "--bundle_root", str(bundle),
+        "--dataset_dir", str(Path(dataset_dir).resolve()),
+        "--output_dir", str(output_dir),
+    ]
+    if (bundle / "configs" / "logging.conf").is_file():
+        command += ["--logging_file", str(bundle / "configs" / "logging.conf")]
+    for key, value in (extra or {}).items():
+        command += [f"--{key}", str(value)]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
+    t0 = time.perf_counter()
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write(" ".join(command) + "\n\n")
+        log.flush()
+        proc = subprocess.run(command, cwd=str(bundle), env=env, stdout=log, stderr=subprocess.STDOUT)
+    return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "command": command, "log": str(log_path)}
+
+
+def prediction_file(image_path: str | os.PathLike, output_dir: str | os.PathLike) -> Path | None:
+    """The segmentation ``SaveImaged`` (postfix ``seg``, no separate folder) wrote for ``image_path``."""
+    name = Path(image_path).name
+    for ext in (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for ext in (".nii.gz", ".nii", ".mhd", ".nrrd"):
+        candidate = Path(output_dir) / f"{name}_seg{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
