@@ -3,7 +3,8 @@
 ``python -m monai.bundle run`` is started in a subprocess from the bundle folder with the bundle's
 inference config as shipped and overrides only for ``bundle_root``, ``dataset_dir`` and
 ``output_dir`` (REFERENCES.md section 4: the Model Zoo layout and its config ids). Before that,
-:func:`required_weights` reads the checkpoint files the config's ``CheckpointLoader`` handlers load,
+:func:`required_weights` reads the checkpoint files the config loads (``CheckpointLoader`` handlers and
+``<name>_weights`` values),
 so a bundle without its trained weights is reported as such instead of being run with random ones.
 """
 
@@ -43,7 +44,9 @@ def required_weights(bundle: str | os.PathLike) -> list[Path]:
     """Checkpoint files ``configs/inference.json`` of ``bundle`` loads, ``models/model.pt`` first.
 
     Every ``CheckpointLoader`` handler's ``load_path`` is evaluated with ``bundle_root`` set to the
-    bundle folder. A loader whose ``_disabled_`` expression evaluates true is skipped, unless the
+    bundle folder, and so is every top-level ``<name>_weights`` value (weights a config loads where
+    it builds a network, such as the cascade's stage 1 and 3; a value of ``None`` means that stage
+    is switched off). A loader whose ``_disabled_`` expression evaluates true is skipped, unless the
     expression tests whether the file exists (a loader that quietly turns itself off when the
     weights are missing would otherwise run the network with random weights).
     """
@@ -71,6 +74,12 @@ def required_weights(bundle: str | os.PathLike) -> list[Path]:
         path = path if path.is_absolute() else bundle / path
         if path.resolve() not in [p.resolve() for p in paths]:
             paths.append(path)
+    for key in [k for k in parser.get() if isinstance(k, str) and k.endswith("_weights")]:
+        value = parser.get_parsed_content(key, instantiate=False)
+        if isinstance(value, (str, os.PathLike)):
+            path = Path(value) if Path(value).is_absolute() else bundle / value
+            if path.resolve() not in [p.resolve() for p in paths]:
+                paths.append(path)
     return paths
 
 

@@ -8,6 +8,7 @@ works on 2D axial slices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch.nn as nn
 from monai.inferers import Inferer, sliding_window_inference
 from monai.utils import convert_to_dst_type
 
+from ctbundles.errors import CTInputError
 from ctbundles.transforms.orcascore_cascade import (
     component_crop_boxes,
     extract_crops,
@@ -24,7 +26,30 @@ from ctbundles.transforms.orcascore_cascade import (
     widen_range,
 )
 
-__all__ = ["OrcaScoreCascadeInferer"]
+__all__ = ["OrcaScoreCascadeInferer", "load_stage_weights"]
+
+
+def load_stage_weights(network: nn.Module, path: str | None, device: torch.device | str | None = None) -> nn.Module:
+    """``network`` with the weights of a cascade stage loaded from ``path`` (strict), moved to ``device``.
+
+    Stages 1 and 3 live inside the inferer, so their weights are loaded where the config builds the
+    networks (``roi_network``, ``fp_network``), not by ``CheckpointLoader`` handlers: MONAI Label's
+    bundle tasks build ``network_def`` and load ``models/model.pt`` themselves but run no handlers,
+    and a handler-only load would leave stages 1 and 3 with random weights there. ``path`` may hold
+    a ``CheckpointSaver`` dict (``{"model": state_dict}``) or a bare state dict; ``None`` means the
+    stage is switched off and the network is returned untrained.
+    """
+    if path is not None:
+        if not os.path.isfile(path):
+            raise CTInputError(f"{path}: cascade stage weights not found (train the stage or restore the file shipped in models/)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CTInputError(f"{path}: weights do not fit the configured network ({str(e).splitlines()[0]})") from None
+    return network.to(device) if device is not None else network
 
 
 def _run_slices(net: nn.Module, slices: torch.Tensor, batch: int) -> torch.Tensor:

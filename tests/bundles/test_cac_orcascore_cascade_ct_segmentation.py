@@ -218,3 +218,21 @@ def test_shipped_histogram_reference_is_the_default_and_loads():
     assert ref.ndim == 2 and ref.min() >= -1100 and ref.max() > 130  # a HU slice with some calcium-range values
     out = np.asarray(matcher(np.linspace(-1000, 1000, 1000, dtype=np.float32)))
     assert ref.min() <= out.min() < out.max() <= ref.max() and (np.diff(out) >= 0).all()  # monotone, in the reference range
+
+
+def test_training_crops_pad_scans_smaller_than_the_patch():
+    """train.json alone (as MONAI Label runs it, without overlays) pads a 128 x 128 scan to the
+    256 x 256 training patch before the positive/negative crop instead of failing on it."""
+    p = parser_for([str(CONFIGS / "train.json")])
+    sampler = p.get_parsed_content("sampler")
+    image = torch.rand(1, 128, 128, 4)
+    label = torch.zeros(1, 128, 128, 4)
+    label[0, 60:64, 60:64, 2] = 1
+    from monai.transforms import Compose
+
+    out = Compose(sampler)({"image": image, "label": label})
+    assert len(out) == p.get_parsed_content("batch_size")
+    for sample in out:
+        assert tuple(sample["image"].shape) == (1, 256, 256)  # one axial slice, z squeezed
+        assert tuple(sample["label"].shape) == (1, 256, 256)
+    assert sum(float(s["label"].sum()) for s in out) > 0  # the positive crops keep the calcium

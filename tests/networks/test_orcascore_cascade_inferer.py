@@ -118,3 +118,46 @@ def test_cascade_stage2_sliding_window_of_training_patch_size():
     label = inferer(vol, stage2).argmax(1)[0]
     assert set(stage2.sizes) == {(32, 32)}
     assert label.nonzero().tolist() == [[41, 93, 1], [78, 51, 0]]
+
+
+def test_load_stage_weights_loads_strictly_and_names_the_file(tmp_path):
+    """Stages 1 and 3 get their weights where the config builds them (MONAI Label runs no handlers)."""
+    import torch.nn as nn
+
+    from ctbundles.errors import CTInputError
+    from ctbundles.networks.orcascore_cascade import load_stage_weights
+
+    source = nn.Conv2d(1, 2, 3)
+    saved = tmp_path / "model_roi.pt"
+    torch.save({"model": source.state_dict()}, saved)
+    target = load_stage_weights(nn.Conv2d(1, 2, 3), str(saved), "cpu")
+    assert torch.equal(target.weight, source.weight) and torch.equal(target.bias, source.bias)
+    bare = tmp_path / "bare.pt"
+    torch.save(source.state_dict(), bare)
+    assert torch.equal(load_stage_weights(nn.Conv2d(1, 2, 3), str(bare)).weight, source.weight)
+    with pytest.raises(CTInputError, match="missing.pt: cascade stage weights not found"):
+        load_stage_weights(nn.Conv2d(1, 2, 3), str(tmp_path / "missing.pt"))
+    with pytest.raises(CTInputError, match="model_roi.pt: weights do not fit"):
+        load_stage_weights(nn.Conv2d(1, 4, 3), str(saved))
+    untouched = nn.Conv2d(1, 2, 3)
+    before = untouched.weight.detach().clone()
+    assert torch.equal(load_stage_weights(untouched, None).weight, before)
+
+
+def test_shipped_inference_config_loads_stage_weights_without_handlers():
+    """The shipped inference.json gives the inferer trained stage-1 weights with no handler run."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "cac_orcascore_cascade_ct_segmentation"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    shipped = torch.load(bundle / "models" / "model_roi.pt", map_location="cpu", weights_only=True)
+    shipped = shipped.get("model", shipped)
+    roi = parser.get_parsed_content("inferer").roi_network
+    for name, tensor in roi.state_dict().items():
+        assert torch.equal(tensor, shipped[name]), name
+    assert not any("model_roi" in str(h.get("load_path", "")) for h in parser.get("handlers"))

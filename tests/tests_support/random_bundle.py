@@ -3,7 +3,8 @@
 Every ``CheckpointLoader`` handler of the copy's inference config names its network by reference
 (``"load_dict": {"model": "@roi_network"}``); that network is instantiated from the config (with
 ``config_updates`` applied first, e.g. smaller widths for fast tests) and its random state dict is
-saved at the loader's ``load_path``. The copy therefore runs exactly as the bundle would with
+saved at the loader's ``load_path`` (and, for a top-level ``<stage>_weights`` path, the random state dict of
+``<stage>_network_def`` is saved there). The copy therefore runs exactly as the bundle would with
 trained weights, only with untrained numbers.
 """
 
@@ -54,4 +55,12 @@ def make_random_bundle(name: str, dest, config_updates: dict | None = None, seed
         net = parser.get_parsed_content(ref)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), path)
+    for key in [k for k in parser.get() if isinstance(k, str) and k.endswith("_weights")]:
+        value = parser.get_parsed_content(key, instantiate=False)
+        stage = key[: -len("_weights")]
+        if not isinstance(value, str) or f"{stage}_network" in skip:
+            continue
+        net = parser.get_parsed_content(f"{stage}_network_def")
+        Path(value).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), value)
     return bundle
