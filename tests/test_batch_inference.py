@@ -233,10 +233,12 @@ def test_torchrun_two_processes_cover_every_case_once(tiny_bundle, cohort, tmp_p
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a rank saw the corrupt file
     parts = {r: [json.loads(l)["key"] for l in (out / "manifest" / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     keys = ["chest_0", "chest_1", "chest_1b", "chest_2"]  # sorted input order; rank r takes r, r + 2
-    assert parts[0] == ["chest_0", "chest_2"] and parts[1] == ["chest_1"]  # chest_1b (rank 1) failed
-    failed = [json.loads(l)["key"] for l in (out / "manifest" / "failures.rank1.jsonl").read_text().splitlines()]
-    assert failed == ["chest_1b"] and not (out / "manifest" / "failures.rank0.jsonl").exists()
+    assert parts[0] == ["chest_0"] and parts[1] == ["chest_1", "chest_2"]  # chest_1b (case 2, rank 0) failed
+    failed = [json.loads(l)["key"] for l in (out / "manifest" / "failures.rank0.jsonl").read_text().splitlines()]
+    assert failed == ["chest_1b"] and not (out / "manifest" / "failures.rank1.jsonl").exists()
     assert sorted(parts[0] + parts[1] + failed) == keys  # every case exactly once
     with open(out / "cohort.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted((r["key"], r["rank"]) for r in rows) == [("chest_0", "0"), ("chest_1", "1"), ("chest_2", "0")]
+    assert sorted((r["key"], r["rank"]) for r in rows) == [("chest_0", "0"), ("chest_1", "1"), ("chest_2", "1")]
+    with open(out / "failures.csv", newline="") as f:
+        assert [(r["key"], r["rank"]) for r in csv.DictReader(f)] == [("chest_1b", "0")]
