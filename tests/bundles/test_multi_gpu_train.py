@@ -40,14 +40,16 @@ def _free_port() -> int:
 
 
 def _chest_data(root: Path) -> dict:
-    from ctbundles.datasets.nifti_folder import write_case, write_datalist
+    from ctbundles.datasets.nifti_folder import build_datalist, write_case
     from ctbundles.synthetic.registry import generate
 
     for seed in range(4):
         write_case(generate("chest", seed, small=True, shape=(64, 64, 12), n_plaques=4), root)
-    write_datalist(root, folds=2)
+    items = build_datalist(root)["training"]
+    for i, item in enumerate(items):
+        item["fold"] = i % 2
     return {
-        "dataset_dir": str(root), "network_def#init_features": 8, "network_def#growth_rate": 4, "network_def#block_config": [1, 1, 1, 1],
+        "dataset_dir": str(root), "datalist": items, "network_def#init_features": 8, "network_def#growth_rate": 4, "network_def#block_config": [1, 1, 1, 1],
         "in_plane_size": [64, 64], "crop_min": 64, "crop_max": 64, "patch_size": [64, 64], "epochs": 1, "samples_per_epoch": 4,
         "positive_fraction": 0.5, "num_workers": 0, "cache_rate": 1.0,
     }
