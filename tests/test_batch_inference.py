@@ -202,6 +202,11 @@ def test_manifest_ignores_torn_line_and_missing_folder(tmp_path):
     with open(cohort, newline="") as f:
         assert list(csv.DictReader(f)) == [{"key": "a", "input": "a.nii.gz", "rank": "0", "seconds": "1.0", "case": "a", "agatston": "3"}]
     assert json.loads((tmp_path / "summary.json").read_text())["missing"] == ["b", "c"]
+    (tmp_path / "cohort.csv").unlink()
+    from ctbundles.cli import main
+
+    assert main(["batch", str(BUNDLE), "--out", str(tmp_path), "--merge"]) == 0  # the --merge step alone
+    assert (tmp_path / "cohort.csv").read_text().splitlines()[1] == "a,a.nii.gz,0,1.0,a,3"
 
 
 def test_case_keys_and_datalist_input(tmp_path):

@@ -4,7 +4,7 @@ Runs the bundle's configs/inference.json on every case of a folder (listed by th
 datalist expression) or of a datalist JSON, with the network built and the weights loaded once.
 A failing case is recorded in failures.csv and the run goes on; --resume skips the cases already
 finished; under `torchrun --nproc_per_node N` rank r takes cases r, r+N, ... and rank 0 merges the
-results into cohort.csv at the end.
+results into cohort.csv at the end. Exit status 1 when a case failed (see failures.csv).
 """
 
 from __future__ import annotations
