@@ -218,7 +218,7 @@ def _prepare_bundle(name: str, work: Path, overrides: Mapping[str, Any], random_
     if shipped and not random_weights:
         return src, "shipped models/ (" + ", ".join(sorted({Path(p).name for p, _ in targets})) + ")"
     dest = bundle_with_random_weights(src, work / f"bundle_{name}", overrides)
-    return dest, "random initialisation of the config's network_def (timing does not depend on weight values)"
+    return dest, "random initialisation of the config's network_def (a forward pass costs the same with any weights)"
 
 
 def run_bench(out: str | os.PathLike, bundles: Sequence[str] | None = None, threads: int = 2, repeats: int = 1,
