@@ -4,4 +4,4 @@ Every module defines ``add_parser(subparsers)`` (registers its arguments and hel
 ``run(args) -> int`` (the exit status).
 """
 
-COMMANDS = ("check", "score", "synth", "datalist", "demo", "orcascore_reference", "export")
+COMMANDS = ("check", "score", "synth", "datalist", "demo", "orcascore_reference", "export", "batch", "bench")
