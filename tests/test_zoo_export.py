@@ -236,7 +236,7 @@ def test_export_layout_vendored_code_and_pinned_packages(icac_export):
     for rel in z.REQUIRED_FILES:
         assert (folder / rel).is_file(), rel
     assert (folder / "scripts" / "__init__.py").is_file()
-    assert (folder / "scripts" / "make_demo_cohort.py").is_file()  # the bundle's own script travels too
+    assert (folder / "scripts" / "make_synthetic_cohort.py").is_file()  # the bundle's own script travels too
     net = folder / "scripts" / "ctbundles" / "networks" / "icac_fcn.py"
     assert net.is_file() and (folder / "scripts" / "ctbundles" / "networks" / "__init__.py").is_file()
     assert not (folder / "scripts" / "ctbundles" / "networks" / "dense_ra_unet.py").exists()  # not reached
@@ -280,7 +280,7 @@ def test_zoo_checks_name_what_is_broken(icac_export, zoo_schema, tmp_path, break
     if breakage == "licence":
         (broken / "LICENSE").unlink()
     elif breakage == "changelog":
-        meta["version"] = "0.2.0"
+        meta["version"] = "9.9.9"  # a version the changelog does not list
     elif breakage == "schema":
         meta["authors"] = 42
     elif breakage == "version":
