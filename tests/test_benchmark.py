@@ -94,7 +94,7 @@ def test_child_measurement_parts(tiny, naive, calls):
 def test_bench_command_writes_json_and_markdown(tmp_path):
     sets = [f"--set={BUNDLE}:{k}={json.dumps(v)}" for k, v in TINY.items()]
     status = main(["bench", "--out", str(tmp_path / "out"), "--bundles", BUNDLE, "--in-plane", "32", "--shape", f"{BUNDLE}=32,32,6",
-                   "--slices", "12,3,6", "--threads", "1", "--device", "cpu", *sets])
+                   "--slices", "12,3,6", "--threads", "1", "--device", "cpu", "--random-weights", *sets])
     assert status == 0
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
     results = report["bundles"][BUNDLE]["results"]
