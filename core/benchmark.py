@@ -36,7 +36,13 @@ from ctbundles.atomic_io import atomic_write_json, atomic_write_text
 
 __all__ = ["STANDARD_CASES", "NAIVE_OVERRIDES", "run_bench", "to_markdown", "measure", "speedup", "scaling_fit"]
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+
+def bundles_dir() -> Path:
+    """The bundles folder: the source checkout's, else ``./bundles`` (``bundle_runner.find_bundles_root``)."""
+    from ctbundles.bundle_runner import find_bundles_root
+
+    return find_bundles_root()
+
 
 #: bundle -> the standard generated case it is timed on (synthetic kind, shape X, Y, Z; issue 7)
 STANDARD_CASES: dict[str, dict[str, Any]] = {
@@ -212,7 +218,7 @@ def _prepare_bundle(name: str, work: Path, overrides: Mapping[str, Any], random_
     copy with random weights of the config's own networks."""
     from ctbundles.batch_inference import bundle_with_random_weights, checkpoint_targets
 
-    src = BUNDLES_DIR / name
+    src = bundles_dir() / name
     targets = checkpoint_targets(src, overrides=dict(overrides, device="$torch.device('cpu')"), include_disabled=True)
     shipped = bool(targets) and all(Path(p).is_file() for p, _ in targets)
     if shipped and not random_weights:

@@ -14,6 +14,7 @@ import torch
 from ctbundles import benchmark
 from ctbundles.batch_inference import bundle_with_random_weights
 from ctbundles.cli import main
+from tests_support import BUNDLES_DIR
 
 BUNDLE = "cac_chest_cardiac_ct_segmentation"
 TINY = {
@@ -65,7 +66,7 @@ def test_markdown_tables():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    bundle = bundle_with_random_weights(benchmark.BUNDLES_DIR / BUNDLE, root / "bundle", TINY)
+    bundle = bundle_with_random_weights(BUNDLES_DIR / BUNDLE, root / "bundle", TINY)
     image = benchmark._write_case("chest", (32, 32, 8), root / "case")
     return bundle, image, root
 
