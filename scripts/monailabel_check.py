@@ -11,10 +11,11 @@ ship ``models/model.pt``) it
    are replaced by stand-ins that raise when called: ``torchvision`` (PyPI's wheels need the CUDA
    torch; MONAI Label imports it at module level for 2D image grids), ``pydicom-seg`` (needs
    pydicom < 3; used only for DICOM SEG) and ``sam2`` (not installed; the SAM2 apps only);
-2. writes an app folder ``<work>/app`` whose ``main.py`` serves every bundle copied under
-   ``<work>/app/model/<bundle>`` with MONAI Label's own ``BundleInferTask`` / ``BundleTrainTask``
-   (the ``monaibundle`` sample app's design), and a studies folder with two generated cases per
-   bundle (image and final label, the local datastore's layout);
+2. per bundle, writes an app folder ``<work>/<bundle>/app`` whose ``main.py`` serves the bundle
+   copied under ``app/model/<bundle>`` with MONAI Label's own ``BundleInferTask`` /
+   ``BundleTrainTask`` (the ``monaibundle`` sample app's design), and its own studies folder with
+   two generated cases (image and final label, the local datastore's layout): one datastore per
+   task, as MONAI Label is deployed, since a trainer trains on every labelled study it holds;
 3. starts ``monailabel start_server`` on 127.0.0.1 with a free port, requests inference on one
    case (``POST /infer/<bundle>?image=<id>&output=image``), computes the Dice of the returned label
    against the generated ground truth, runs one training epoch (``POST /train/<bundle>`` with
@@ -26,8 +27,8 @@ Usage (from the repository root)::
     python scripts/monailabel_check.py --work /tmp/monailabel_check [--bundles B1 B2 ...] [--full-size]
 
 The generated cases are the small presets of ``ctbundles synth`` unless ``--full-size`` is given
-(clinical-size scans; the orCaScore cascade's ``train.json`` crops 256 x 256 patches, larger than
-the small cardiac preset's 128 x 128 slices, so its training epoch needs ``--full-size``).
+(clinical-size scans; the orCaScore cascade's ``train.json`` pads the small cardiac preset's
+128 x 128 slices to its 256 x 256 training patch).
 
 Exit status 0 when every bundle served, inferred and trained.
 """
@@ -261,6 +262,60 @@ def _http_detail(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def serve_and_check(bundle: Path, work: Path, python: str, a) -> dict:
+    """Serve ``bundle`` alone from a fresh app and datastore, check inference and one training epoch, stop."""
+    app, studies = work / "app", work / "studies"
+    for d in (app, studies, work / "returned"):
+        shutil.rmtree(d, ignore_errors=True)
+    (app / "model").mkdir(parents=True)
+    (app / "main.py").write_text(MAIN_PY)
+    shutil.copytree(bundle, app / "model" / bundle.name, ignore=shutil.ignore_patterns("eval", "__pycache__"))
+    cases = write_cases(bundle.name, studies, work, small=not a.full_size)
+    log(f"{bundle.name}: {len(cases)} generated case(s) in {studies}")
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server_log = work / "server.log"
+    monailabel = Path(python).parent / "monailabel"
+    cmd = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
+           "--port", str(port), "--conf", "models", "all"]
+    log("starting " + " ".join(cmd) + f" (log: {server_log})")
+    # the monailabel launcher runs the "python" it finds on PATH: the venv's
+    env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="false", VIRTUAL_ENV=str(Path(python).parent.parent),
+               PATH=f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    with open(server_log, "w") as logf:
+        server = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(work), env=env, start_new_session=True)
+        try:
+            deadline = time.time() + a.start_timeout
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the server exited with {server.returncode}; see {server_log}")
+                try:
+                    _, info = http("GET", f"{base}/info/", timeout=10)
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    if time.time() > deadline:
+                        raise RuntimeError(f"the server did not answer within {a.start_timeout:.0f} s; see {server_log}")
+                    time.sleep(3)
+            info = json.loads(info)
+            log(f"server up on {base}: models {sorted(info.get('models', {}))}, trainers {sorted(info.get('trainers', {}))}")
+            if bundle.name not in info.get("models", {}):
+                return {"bundle": bundle.name, "infer": f"failed: not loaded as a MONAI Label model (see {server_log})",
+                        "train": "not run"}
+            log(f"{bundle.name}: inference on {cases[0]['id']}, then one training epoch")
+            return check_bundle(base, bundle.name, cases[0], work, a.train_timeout)
+        finally:
+            try:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(server.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            log(f"server stopped (process group {server.pid})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/ctbundles_monailabel_check", help="work folder (app, studies, logs)")
@@ -284,61 +339,9 @@ def main(argv=None) -> int:
         return 1
     python = setup_venv(Path(a.venv).resolve() if a.venv else work / "venv")
 
-    app, studies = work / "app", work / "studies"
-    for d in (app, studies, work / "returned"):
-        shutil.rmtree(d, ignore_errors=True)
-    (app / "model").mkdir(parents=True)
-    (app / "main.py").write_text(MAIN_PY)
-    cases = {}
-    for b in bundles:
-        shutil.copytree(b, app / "model" / b.name, ignore=shutil.ignore_patterns("eval", "__pycache__"))
-        cases[b.name] = write_cases(b.name, studies, work, small=not a.full_size)
-        log(f"{b.name}: {len(cases[b.name])} generated case(s) in {studies}")
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server_log = work / "server.log"
-    monailabel = Path(python).parent / "monailabel"
-    cmd = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
-           "--port", str(port), "--conf", "models", "all"]
-    log("starting " + " ".join(cmd) + f" (log: {server_log})")
-    # the monailabel launcher runs the "python" it finds on PATH: the venv's
-    env = dict(os.environ, MONAI_LABEL_DATASTORE_AUTO_RELOAD="false", VIRTUAL_ENV=str(Path(python).parent.parent),
-               PATH=f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    results = []
-    with open(server_log, "w") as logf:
-        server = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(work), env=env, start_new_session=True)
-        try:
-            deadline = time.time() + a.start_timeout
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"the server exited with {server.returncode}; see {server_log}")
-                try:
-                    _, info = http("GET", f"{base}/info/", timeout=10)
-                    break
-                except Exception:  # noqa: BLE001 - not up yet
-                    if time.time() > deadline:
-                        raise RuntimeError(f"the server did not answer within {a.start_timeout:.0f} s; see {server_log}")
-                    time.sleep(3)
-            info = json.loads(info)
-            log(f"server up on {base}: models {sorted(info.get('models', {}))}, trainers {sorted(info.get('trainers', {}))}")
-            for b in bundles:
-                if b.name not in info.get("models", {}):
-                    results.append({"bundle": b.name, "infer": "failed: not loaded as a MONAI Label model (see server log)",
-                                    "train": "not run"})
-                    continue
-                log(f"{b.name}: inference on {cases[b.name][0]['id']}, then one training epoch")
-                results.append(check_bundle(base, b.name, cases[b.name][0], work, a.train_timeout))
-        finally:
-            try:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(server.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            log(f"server stopped (process group {server.pid})")
+    # One app and one datastore per bundle, as MONAI Label is deployed per task: a trainer trains on
+    # every labelled study of its datastore, so four unrelated bundles cannot share one.
+    results = [serve_and_check(b, work / b.name, python, a) for b in bundles]
     ok = True
     for r in results:
         dice = f", Dice {r['dice']:.3f}" if "dice" in r else ""
