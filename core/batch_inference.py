@@ -20,9 +20,7 @@ Each case prints a progress line (done/total, case seconds, elapsed, ETA).
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -31,19 +29,21 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ctbundles.atomic_io import atomic_write_json, atomic_write_text
+from ctbundles.atomic_io import atomic_write_json
+from ctbundles.bundle_runner import checkpoint_targets, read_bundle_config
+from ctbundles.transforms.score_report import write_csv_rows
 from ctbundles.errors import CTInputError
 
 __all__ = [
     "BundleRunner",
     "BatchResult",
     "bundle_with_random_weights",
-    "checkpoint_targets",
     "list_cases",
     "merge_parts",
     "run_batch",
+    "save_random_weights",
 ]
 
 MANIFEST_DIR = "manifest"
@@ -51,58 +51,37 @@ CASES_DIR = "cases"
 STAGING_DIR = ".staging"
 
 
-def _read_parser(bundle: Path, config_files: Sequence[str], overrides: Mapping[str, Any]):
-    from monai.bundle import ConfigParser
+def save_random_weights(bundle: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
+                        config_files: Sequence[str] = ("configs/inference.json",), seed: int = 0) -> list[Path]:
+    """Save a randomly initialised state dict, built from the config's own network definitions
+    (with ``overrides``), at every checkpoint the config loads (``checkpoint_targets``, disabled
+    loaders included); returns the files written."""
+    import torch
 
-    parser = ConfigParser()
-    files = [str(bundle / f) for f in config_files]
-    for f in files:
-        if not os.path.isfile(f):
-            raise CTInputError(f"{f}: bundle config not found")
-    parser.read_config(files)
-    meta = bundle / "configs" / "metadata.json"
-    if meta.is_file():
-        parser.read_meta(str(meta))
-    parser.update({"bundle_root": str(bundle), **dict(overrides)})
-    return parser
-
-
-def checkpoint_targets(bundle: str | os.PathLike, config_files: Sequence[str] = ("configs/inference.json",), overrides: Mapping[str, Any] | None = None,
-                       include_disabled: bool = False) -> list[tuple[str, str]]:
-    """``(checkpoint path, network id)`` of every enabled ``CheckpointLoader`` handler of the config
-    (every one with ``include_disabled``: a loader disabled because its file is missing counts)."""
-    parser = _read_parser(Path(bundle).resolve(), config_files, overrides or {})
-    out = []
-    for i, h in enumerate(parser.get("handlers", [])):
-        if "CheckpointLoader" not in str(h.get("_target_", "")):
-            continue
-        if not include_disabled and parser.get_parsed_content(f"handlers#{i}#_disabled_", default=False) is True:
-            continue
-        path = parser.get_parsed_content(f"handlers#{i}#load_path")
-        for ref in h.get("load_dict", {}).values():
-            out.append((str(path), str(ref).lstrip("@")))
-    return out
+    bundle = Path(bundle).resolve()
+    overrides = {**dict(overrides or {}), "device": "$torch.device('cpu')"}
+    parser = read_bundle_config(bundle, config_files, overrides)
+    torch.manual_seed(seed)
+    written = []
+    for path, ref in checkpoint_targets(bundle, config_files, overrides, include_disabled=True):
+        net = parser.get_parsed_content(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+        written.append(path)
+    return written
 
 
 def bundle_with_random_weights(bundle: str | os.PathLike, dest: str | os.PathLike, overrides: Mapping[str, Any] | None = None,
                                config_files: Sequence[str] = ("configs/inference.json",), seed: int = 0) -> Path:
-    """Copy a bundle to ``dest`` (its ``*.pt`` files left out) and save a randomly initialised
-    state dict for every checkpoint its inference config loads, built from the config's own network
-    definitions (with ``overrides``). For timing and pipeline tests only: random weights segment
-    nothing meaningful, but they cost exactly what trained weights cost."""
-    import torch
-
+    """Copy a bundle to ``dest`` (its ``*.pt`` files left out) and save random weights for every
+    checkpoint its inference config loads (:func:`save_random_weights`). For timing and pipeline
+    tests only: random weights segment nothing meaningful, but they cost exactly what trained
+    weights cost."""
     src, dest = Path(bundle).resolve(), Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "__pycache__"))
-    torch.manual_seed(seed)
-    parser = _read_parser(dest, config_files, overrides or {})
-    parser.update({"device": "$torch.device('cpu')"})
-    for path, ref in checkpoint_targets(dest, config_files, {**(overrides or {}), "device": "$torch.device('cpu')"}, include_disabled=True):
-        net = parser.get_parsed_content(ref)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), path)
+    save_random_weights(dest, overrides, config_files, seed)
     return dest
 
 
@@ -171,7 +150,7 @@ class BundleRunner:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.image_key = image_key
-        self.parser = _read_parser(self.bundle, config_files, {"output_dir": str(self.output_dir), **dict(overrides or {})})
+        self.parser = read_bundle_config(self.bundle, config_files, {"output_dir": str(self.output_dir), **dict(overrides or {})})
         for i in range(len(self.parser.get("initialize", []) or [])):
             self.parser.get_parsed_content(f"initialize#{i}")
         self.evaluator = self.parser.get_parsed_content("evaluator")
@@ -385,17 +364,6 @@ def _barrier() -> None:
         dist.destroy_process_group()
 
 
-def _write_csv(path: Path, rows: list[Mapping[str, Any]], columns: Iterable[str] = ()) -> Path:
-    cols: dict[str, None] = dict.fromkeys(columns)
-    for r in rows:
-        cols.update(dict.fromkeys(r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(cols), restval="", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())
-
-
 def merge_parts(out: str | os.PathLike, expected: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Merge every rank's parts into ``cohort.csv`` (one row per report of each finished case, with
     its input and rank) and ``failures.csv`` (file, error type, message of each case that failed
@@ -417,9 +385,9 @@ def merge_parts(out: str | os.PathLike, expected: Sequence[str] | None = None) -
         rec = done[key]
         for row in rec.get("rows") or [{}]:
             rows.append({"key": key, "input": rec["input"], "rank": rec["rank"], "seconds": rec["seconds"], **row})
-    cohort = _write_csv(out / "cohort.csv", rows, ("key", "input", "rank", "seconds"))
+    cohort = write_csv_rows(out / "cohort.csv", rows, columns=("key", "input", "rank", "seconds"))
     fail_rows = [{"file": r["file"], "error_type": r["error_type"], "message": r["message"], "key": k, "rank": r["rank"]} for k, r in sorted(failures.items())]
-    failed_csv = _write_csv(out / "failures.csv", fail_rows, ("file", "error_type", "message", "key", "rank"))
+    failed_csv = write_csv_rows(out / "failures.csv", fail_rows, columns=("file", "error_type", "message", "key", "rank"))
     summary = {"finished": len(done), "failed": len(failures)}
     if expected is not None:
         summary["total"] = len(expected)

@@ -216,7 +216,8 @@ def _prepare_bundle(name: str, work: Path, overrides: Mapping[str, Any], random_
     """The bundle folder to time and which weights it holds: the shipped ``models/`` when every
     checkpoint the inference config loads is there (and ``random_weights`` is not True), else a
     copy with random weights of the config's own networks."""
-    from ctbundles.batch_inference import bundle_with_random_weights, checkpoint_targets
+    from ctbundles.batch_inference import bundle_with_random_weights
+    from ctbundles.bundle_runner import checkpoint_targets
 
     src = bundles_dir() / name
     targets = checkpoint_targets(src, overrides=dict(overrides, device="$torch.device('cpu')"), include_disabled=True)

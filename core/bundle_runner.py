@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from ctbundles.errors import CTInputError
 
-__all__ = ["find_bundles_root", "required_weights", "missing_weights", "run_inference", "prediction_file"]
+__all__ = ["find_bundles_root", "read_bundle_config", "checkpoint_targets", "required_weights", "missing_weights", "run_inference", "prediction_file"]
 
 
 def find_bundles_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -40,46 +41,73 @@ def find_bundles_root(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
-def required_weights(bundle: str | os.PathLike) -> list[Path]:
-    """Checkpoint files ``configs/inference.json`` of ``bundle`` loads, ``models/model.pt`` first.
-
-    Every ``CheckpointLoader`` handler's ``load_path`` is evaluated with ``bundle_root`` set to the
-    bundle folder, and so is every top-level ``<name>_weights`` value (weights a config loads where
-    it builds a network, such as the cascade's stage 1 and 3; a value of ``None`` means that stage
-    is switched off). A loader whose ``_disabled_`` expression evaluates true is skipped, unless the
-    expression tests whether the file exists (a loader that quietly turns itself off when the
-    weights are missing would otherwise run the network with random weights).
-    """
+def read_bundle_config(bundle: Path, config_files: Sequence[str] = ("configs/inference.json",),
+                       overrides: Mapping[str, Any] | None = None):
+    """A ``ConfigParser`` over ``config_files`` of ``bundle`` (merged in order), with its metadata,
+    ``bundle_root`` set to the bundle folder and ``overrides`` applied."""
     from monai.bundle import ConfigParser
 
+    parser = ConfigParser()
+    files = [str(bundle / f) for f in config_files]
+    for f in files:
+        if not os.path.isfile(f):
+            raise CTInputError(f"{f}: bundle config not found")
+    parser.read_config(files)
+    meta = bundle / "configs" / "metadata.json"
+    if meta.is_file():
+        parser.read_meta(str(meta))
+    parser.update({"bundle_root": str(bundle), **dict(overrides or {})})
+    return parser
+
+
+def checkpoint_targets(bundle: str | os.PathLike, config_files: Sequence[str] = ("configs/inference.json",),
+                       overrides: Mapping[str, Any] | None = None, include_disabled: bool = False) -> list[tuple[Path, str]]:
+    """``(checkpoint file, id of the network it fills)`` for every checkpoint the config loads.
+
+    Two ways a bundle config loads weights: a ``CheckpointLoader`` handler (its ``load_path``, with
+    each network of its ``load_dict``), and a top-level ``<stage>_weights`` path that the config
+    loads where it builds ``<stage>_network`` from ``<stage>_network_def`` (the cascade's stages 1
+    and 3, which MONAI Label's bundle tasks would otherwise leave untrained; ``None`` means the
+    stage is switched off). A loader whose ``_disabled_`` evaluates true is left out unless
+    ``include_disabled``, except one whose expression tests whether the file exists: a loader that
+    quietly turns itself off without its weights would otherwise run the network untrained.
+    Relative paths are resolved against the bundle folder.
+    """
+    bundle = Path(bundle).resolve()
+    parser = read_bundle_config(bundle, config_files, overrides)
+
+    def _absolute(path) -> Path:
+        return Path(path) if Path(path).is_absolute() else bundle / path
+
+    out: list[tuple[Path, str]] = []
+    for i, handler in enumerate(parser.get("handlers", []) or []):
+        if not isinstance(handler, dict) or "CheckpointLoader" not in str(handler.get("_target_", "")):
+            continue
+        disabled = handler.get("_disabled_", False)
+        if isinstance(disabled, str):
+            disabled = "exists" not in disabled and parser.get_parsed_content(f"handlers#{i}#_disabled_") is True
+        if disabled and not include_disabled:
+            continue
+        path = _absolute(parser.get_parsed_content(f"handlers#{i}#load_path", instantiate=False))
+        out += [(path, str(ref).lstrip("@")) for ref in handler.get("load_dict", {}).values()]
+    for key in [k for k in parser.get() if isinstance(k, str) and k.endswith("_weights")]:
+        value = parser.get_parsed_content(key, instantiate=False)
+        if isinstance(value, (str, os.PathLike)):
+            out.append((_absolute(value), key[: -len("_weights")] + "_network_def"))
+    return out
+
+
+def required_weights(bundle: str | os.PathLike) -> list[Path]:
+    """Checkpoint files ``configs/inference.json`` of ``bundle`` loads (:func:`checkpoint_targets`),
+    ``models/model.pt`` first, each once."""
     bundle = Path(bundle).resolve()
     config = bundle / "configs" / "inference.json"
     if not config.is_file():
         raise CTInputError(f"{config}: no inference config in bundle {bundle}")
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser["bundle_root"] = str(bundle)
     paths = [bundle / "models" / "model.pt"]
-    for i, handler in enumerate(parser.get("handlers", []) or []):
-        if not isinstance(handler, dict) or not str(handler.get("_target_", "")).endswith("CheckpointLoader"):
-            continue
-        disabled = handler.get("_disabled_", False)
-        if isinstance(disabled, str) and "exists" not in disabled:
-            disabled = bool(parser.get_parsed_content(f"handlers#{i}#_disabled_", instantiate=False))
-        elif isinstance(disabled, str):
-            disabled = False
-        if disabled:
-            continue
-        path = Path(parser.get_parsed_content(f"handlers#{i}#load_path", instantiate=False))
-        path = path if path.is_absolute() else bundle / path
+    for path, _ in checkpoint_targets(bundle):
         if path.resolve() not in [p.resolve() for p in paths]:
             paths.append(path)
-    for key in [k for k in parser.get() if isinstance(k, str) and k.endswith("_weights")]:
-        value = parser.get_parsed_content(key, instantiate=False)
-        if isinstance(value, (str, os.PathLike)):
-            path = Path(value) if Path(value).is_absolute() else bundle / value
-            if path.resolve() not in [p.resolve() for p in paths]:
-                paths.append(path)
     return paths
 
 

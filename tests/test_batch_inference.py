@@ -247,3 +247,14 @@ def test_torchrun_two_processes_cover_every_case_once(tiny_bundle, cohort, tmp_p
     assert sorted((r["key"], r["rank"]) for r in rows) == [("chest_0", "0"), ("chest_1", "1"), ("chest_2", "1")]
     with open(out / "failures.csv", newline="") as f:
         assert [(r["key"], r["rank"]) for r in csv.DictReader(f)] == [("chest_1b", "0")]
+
+
+def test_random_weight_copy_fills_the_stage_weights_the_config_loads(tmp_path):
+    """The cascade loads stage 1 from ``roi_weights`` where its config builds the network, not through
+    a handler: the random-weight copy (used by bench) must write that file too."""
+    from ctbundles.bundle_runner import missing_weights
+    from tests_support import BUNDLES_DIR
+
+    copy = bundle_with_random_weights(BUNDLES_DIR / "cac_orcascore_cascade_ct_segmentation", tmp_path / "cascade")
+    assert sorted(p.name for p in (copy / "models").glob("*.pt")) == ["model.pt", "model_roi.pt"]  # stage 3 off as shipped
+    assert missing_weights(copy) == []

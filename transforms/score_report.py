@@ -73,9 +73,11 @@ def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def write_csv_rows(path: str | os.PathLike, rows: list[Mapping[str, Any]], inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Atomically write rows with the union of their columns (first-seen order), header once."""
-    columns: dict[str, None] = {}
+def write_csv_rows(path: str | os.PathLike, rows: list[Mapping[str, Any]], inputs: Iterable[str | os.PathLike] = (),
+                   columns: Iterable[str] = ()) -> Path:
+    """Atomically write rows with ``columns`` first, then the rest of the union of their columns
+    (first-seen order), header once."""
+    columns: dict[str, None] = dict.fromkeys(columns)
     for row in rows:
         columns.update(dict.fromkeys(row))
     buffer = io.StringIO()
