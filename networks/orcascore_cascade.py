@@ -108,6 +108,8 @@ class OrcaScoreCascadeInferer(Inferer):
             is calcium when its summed artery probability ``1 - p(background)`` exceeds ``t``, and its
             artery is the most probable one. A class-weighted focal loss (``focal_alpha``) moves the
             operating point away from the argmax; ``t`` is chosen on the validation fold.
+        fp_threshold: the same for stage 3: ``None`` keeps a voxel where stage 3's argmax is calcium, a
+            number keeps it where stage 3's p(calcium) exceeds it.
     """
 
     def __init__(
@@ -123,11 +125,14 @@ class OrcaScoreCascadeInferer(Inferer):
         divisible: int = 32,
         roi_size: Sequence[int] | None = None,
         calcium_threshold: float | None = None,
+        fp_threshold: float | None = None,
     ) -> None:
         super().__init__()
-        if calcium_threshold is not None and not 0.0 <= float(calcium_threshold) < 1.0:
-            raise ValueError(f"calcium_threshold must be in [0, 1) or None, got {calcium_threshold}")
+        for name, value in (("calcium_threshold", calcium_threshold), ("fp_threshold", fp_threshold)):
+            if value is not None and not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) or None, got {value}")
         self.calcium_threshold = None if calcium_threshold is None else float(calcium_threshold)
+        self.fp_threshold = None if fp_threshold is None else float(fp_threshold)
         self.roi_network = roi_network
         self.fp_network = fp_network
         self.opening_size = opening_size
@@ -201,7 +206,7 @@ class OrcaScoreCascadeInferer(Inferer):
         crops = np.concatenate([extract_crops(img[:, :, z], c, self.crop_size) for z, c in jobs])
         x = torch.as_tensor(crops[:, None], dtype=vol.dtype, device=vol.device)
         probs = _run_slices(self.fp_network, x, self.fp_batch_size)
-        kept = (probs.argmax(1) > 0).cpu().numpy().astype(np.float32)
+        kept = (calcium_labels(probs, self.fp_threshold) > 0).cpu().numpy().astype(np.float32)
         start = 0
         for z, corners in jobs:
             pasted = paste_crops(kept[start : start + len(corners)], corners, fg_np.shape[:2])

@@ -72,6 +72,11 @@ def test_cascade_calcium_threshold_moves_the_operating_point():
     inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), use_fp_stage=False, calcium_threshold=0.99)
     label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]
     assert int(label.sum()) == 6 and int(label[60:62, 60:63, 2].sum()) == 6
+    # stage 3 with ThresholdNet(0.9): its argmax keeps both; fp_threshold 0.99 removes the aortic voxels
+    both = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.9))
+    assert int(both(phantom(), ThresholdNet(0.9)).argmax(1)[0].sum()) == 6 + 4
+    strict = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.9), fp_threshold=0.99)
+    assert int(strict(phantom(), ThresholdNet(0.9)).argmax(1)[0].sum()) == 6
 
 
 def test_cascade_without_heart_uses_whole_slice():
