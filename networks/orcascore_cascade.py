@@ -26,7 +26,7 @@ from ctbundles.transforms.orcascore_cascade import (
     widen_range,
 )
 
-__all__ = ["OrcaScoreCascadeInferer", "load_stage_weights"]
+__all__ = ["OrcaScoreCascadeInferer", "calcium_labels", "load_stage_weights"]
 
 
 def load_stage_weights(network: nn.Module, path: str | None, device: torch.device | str | None = None) -> nn.Module:
@@ -50,6 +50,18 @@ def load_stage_weights(network: nn.Module, path: str | None, device: torch.devic
         except RuntimeError as e:
             raise CTInputError(f"{path}: weights do not fit the configured network ({str(e).splitlines()[0]})") from None
     return network.to(device) if device is not None else network
+
+
+def calcium_labels(probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    """Label map ``(N, ...)`` from softmax probabilities ``(N, K, ...)`` (channel 0 = background).
+
+    ``threshold`` ``None``: the argmax. Otherwise class ``1 + argmax(probs[:, 1:])`` where
+    ``1 - probs[:, 0] > threshold``, else 0 (with ``K = 2``: ``p(calcium) > threshold``).
+    """
+    if threshold is None:
+        return probs.argmax(1)
+    artery = probs[:, 1:].argmax(1) + 1
+    return torch.where(1.0 - probs[:, 0] > threshold, artery, torch.zeros_like(artery))
 
 
 def _run_slices(net: nn.Module, slices: torch.Tensor, batch: int) -> torch.Tensor:
@@ -92,6 +104,12 @@ class OrcaScoreCascadeInferer(Inferer):
             ``sliding_window_inference``, overlap 0.25), i.e. on inputs of the size it was trained on:
             EfficientNet's squeeze-and-excitation blocks pool over the whole input, so a network trained
             on patches changes its output on a larger crop. ``None``: the whole (padded) crop at once.
+        calcium_threshold: ``None`` (the paper): a voxel's class is stage 2's argmax. A number ``t``: a voxel
+            is calcium when its summed artery probability ``1 - p(background)`` exceeds ``t``, and its
+            artery is the most probable one. A class-weighted focal loss (``focal_alpha``) moves the
+            operating point away from the argmax; ``t`` is chosen on the validation fold.
+        fp_threshold: the same for stage 3: ``None`` keeps a voxel where stage 3's argmax is calcium, a
+            number keeps it where stage 3's p(calcium) exceeds it.
     """
 
     def __init__(
@@ -106,8 +124,15 @@ class OrcaScoreCascadeInferer(Inferer):
         use_fp_stage: bool = True,
         divisible: int = 32,
         roi_size: Sequence[int] | None = None,
+        calcium_threshold: float | None = None,
+        fp_threshold: float | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("calcium_threshold", calcium_threshold), ("fp_threshold", fp_threshold)):
+            if value is not None and not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) or None, got {value}")
+        self.calcium_threshold = None if calcium_threshold is None else float(calcium_threshold)
+        self.fp_threshold = None if fp_threshold is None else float(fp_threshold)
         self.roi_network = roi_network
         self.fp_network = fp_network
         self.opening_size = opening_size
@@ -163,7 +188,7 @@ class OrcaScoreCascadeInferer(Inferer):
             probs = _run_slices(network, crop, self.slice_batch_size)[..., :h, :w]  # (Z, K, h, w)
         n_classes = probs.shape[1]
         label = torch.zeros((nx, ny, nz), dtype=torch.long, device=vol.device)
-        label[x0:x1, y0:y1] = probs.argmax(1).permute(1, 2, 0)
+        label[x0:x1, y0:y1] = calcium_labels(probs, self.calcium_threshold).permute(1, 2, 0)
         if self.use_fp_stage and self.fp_network is not None:
             label = label * torch.as_tensor(self.keep_mask(vol, label > 0), device=label.device)
         onehot = torch.nn.functional.one_hot(label, n_classes).permute(3, 0, 1, 2).to(vol.dtype)
@@ -181,7 +206,7 @@ class OrcaScoreCascadeInferer(Inferer):
         crops = np.concatenate([extract_crops(img[:, :, z], c, self.crop_size) for z, c in jobs])
         x = torch.as_tensor(crops[:, None], dtype=vol.dtype, device=vol.device)
         probs = _run_slices(self.fp_network, x, self.fp_batch_size)
-        kept = (probs.argmax(1) > 0).cpu().numpy().astype(np.float32)
+        kept = (calcium_labels(probs, self.fp_threshold) > 0).cpu().numpy().astype(np.float32)
         start = 0
         for z, corners in jobs:
             pasted = paste_crops(kept[start : start + len(corners)], corners, fg_np.shape[:2])

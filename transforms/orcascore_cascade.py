@@ -8,6 +8,8 @@
 * :func:`component_crop_boxes`, :func:`extract_crops`, :func:`paste_crops`,
   :class:`FalsePositiveCropsd`: a 96 x 96 window around the bounding box of every predicted 2D
   component, and the windows' outputs placed back into the full slice (Sect. 3.2.3, Figs. 6-7).
+* :class:`PredictedCandidatesd`: the false-positive stage's training candidates, the calcification
+  network's predicted voxels and the reference calcium (Sect. 3.1).
 * :func:`select_histogram_reference`: the histogram reference, the training slice with the best F1
   in an initial heart segmentation (Sect. 3.2.1).
 
@@ -45,6 +47,7 @@ __all__ = [
     "extract_crops",
     "paste_crops",
     "FalsePositiveCropsd",
+    "PredictedCandidatesd",
     "slice_f1",
     "select_histogram_reference",
 ]
@@ -389,6 +392,75 @@ class FalsePositiveCropsd(MapTransform):
             s["crop_slice"], s["crop_corner"] = int(z), [int(corner[0]), int(corner[1])]
             samples.append(s)
         return samples
+
+
+class PredictedCandidatesd(MapTransform):
+    """Training candidates of the false-positive stage from the calcification network (Araújo et al., Sect. 3.1).
+
+    The paper's stage-3 data set is cut "from the predictions made in the calcification segmentation
+    step, as well as ROIs from the masks": the windows of :class:`FalsePositiveCropsd` then sit on the
+    stage-2 true and false positives the false-positive network must tell apart. ``network`` (stage 2,
+    eval mode, no gradients) runs on every axial slice of ``image_key`` (the network's input: matched and
+    scaled), as a sliding window of ``roi_size`` (the size it was trained on) when given; a voxel is a
+    candidate when the argmax is not background and ``hu_key`` > ``threshold_hu``, or (``include_label``)
+    when ``label_key`` > 0 and ``hu_key`` > ``threshold_hu``. Writes ``(1, X, Y, Z)`` float masks to ``keys``.
+
+    Args:
+        keys: where the candidate masks go.
+        network: the trained stage-2 network (2D, 1 channel in, background = channel 0).
+        image_key: the network's input ``(1, X, Y, Z)``.
+        hu_key: the same scan in HU (before histogram matching and scaling).
+        label_key: the reference label ``(1, X, Y, Z)``.
+        threshold_hu: the lesion threshold (130 HU, orCaScore).
+        include_label: add the reference calcium to the predictions.
+        roi_size: sliding-window size, or ``None`` for whole slices.
+        sw_batch_size: slices or windows per forward pass.
+        overlap: overlap of the sliding windows (MONAI ``sliding_window_inference``).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        network: torch.nn.Module,
+        image_key: str = "image",
+        hu_key: str = "image_hu",
+        label_key: str = "label",
+        threshold_hu: float = 130.0,
+        include_label: bool = True,
+        roi_size: Sequence[int] | None = None,
+        sw_batch_size: int = 8,
+        overlap: float = 0.25,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.overlap = float(overlap)
+        self.network, self.image_key, self.hu_key, self.label_key = network, image_key, hu_key, label_key
+        self.threshold_hu, self.include_label, self.sw_batch_size = float(threshold_hu), include_label, int(sw_batch_size)
+        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
+
+    @torch.no_grad()
+    def predict(self, image) -> np.ndarray:
+        """``(X, Y, Z)`` stage-2 foreground (argmax not background) of a ``(1, X, Y, Z)`` image."""
+        from monai.inferers import sliding_window_inference
+
+        self.network.eval()
+        img = torch.as_tensor(_numpy(image), dtype=torch.float32)
+        slices = img.permute(3, 0, 1, 2)  # (Z, 1, X, Y)
+        if self.roi_size is not None:
+            logits = sliding_window_inference(slices, self.roi_size, self.sw_batch_size, self.network, overlap=self.overlap)
+        else:
+            logits = torch.cat([self.network(slices[i : i + self.sw_batch_size]) for i in range(0, slices.shape[0], self.sw_batch_size)])
+        return (logits.argmax(1) > 0).permute(1, 2, 0).numpy()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        bright = _numpy(d[self.hu_key])[0] > self.threshold_hu
+        cand = self.predict(d[self.image_key]) & bright
+        if self.include_label:
+            cand |= (_numpy(d[self.label_key])[0] > 0) & bright
+        for key in self.keys:  # new items: written whether or not they exist
+            d[key] = _like(cand[None].astype(np.float32), d[self.image_key])
+        return d
 
 
 # ------------------------------------------------------------------ histogram reference selection

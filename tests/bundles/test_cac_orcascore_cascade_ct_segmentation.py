@@ -236,3 +236,49 @@ def test_training_crops_pad_scans_smaller_than_the_patch():
         assert tuple(sample["image"].shape) == (1, 256, 256)  # one axial slice, z squeezed
         assert tuple(sample["label"].shape) == (1, 256, 256)
     assert sum(float(s["label"].sum()) for s in out) > 0  # the positive crops keep the calcium
+
+
+def test_synthetic_recipe_stage2_label_sampling_and_schedule(cohort):
+    """train_synthetic.json (Deviations 12): the whole reference plaque is the label (no 130 HU rule), 4 of
+    5 patches on calcium, 4 patches from each of 2 cases, Adam lr 1e-3 halved every 1000 iterations."""
+    from monai.transforms import Compose
+
+    from ctbundles.transforms.ct_io import load_ct, load_label
+
+    p = parser_for([TRAIN, str(CONFIGS / "train_synthetic.json")], bundle_root=str(BUNDLE), dataset_dir=str(cohort))
+    assert p.get_parsed_content("label_rule") == []
+    item = p.get_parsed_content("datalist")[0]
+    lab = Compose(p.get_parsed_content("load") + p.get_parsed_content("label_rule"))(dict(item))["label"][0].numpy()
+    raw = np.asarray(load_label(item["label"], like=load_ct(item["image"])))
+    np.testing.assert_array_equal(lab, np.where(raw == 4, 0, raw))  # the rim below 130 HU stays labelled
+    crop = p.get_parsed_content("sampler")[0].cropper
+    assert (tuple(crop.spatial_size), crop.num_samples) == ((64, 64, 1), 4) and crop.pos_ratio == pytest.approx(0.8)
+    assert p.get_parsed_content("train#dataloader#batch_size") == 2
+    sched = p.get_parsed_content("lr_scheduler")
+    assert (sched.step_size, sched.gamma, sched.optimizer.param_groups[0]["lr"]) == (1000, 0.5, 1e-3)
+
+
+def test_synthetic_recipe_stage3_windows_on_stage2_candidates_from_whole_slice(cohort, tmp_path):
+    """train_fp_synthetic.json: candidates = the stage-2 network's predictions > 130 HU plus the reference
+    calcium > 130 HU (paper Sect. 3.1), on the whole slice (no ROI crop); 96 x 96 windows as in inference."""
+    from monai.transforms import Compose
+
+    from ctbundles.transforms.ct_io import load_ct, load_label
+
+    stage2 = parser_for([str(CONFIGS / "inference.json")]).get_parsed_content("network_def")
+    torch.manual_seed(0)
+    torch.save(stage2.state_dict(), tmp_path / "stage2.pt")
+    files = [TRAIN, str(CONFIGS / "train_fp.json"), str(CONFIGS / "train_synthetic.json"), str(CONFIGS / "train_fp_synthetic.json")]
+    p = parser_for(files, bundle_root=str(BUNDLE), dataset_dir=str(cohort), histogram_reference="$None",
+                   init_checkpoint=str(tmp_path / "stage2.pt"))
+    item = p.get_parsed_content("datalist")[0]
+    d = Compose(p.get_parsed_content("deterministic_transforms"))(dict(item))
+    image = load_ct(item["image"])
+    hu = image.numpy()
+    ref = np.asarray(load_label(item["label"], like=image))
+    cand = d["candidates"][0].numpy() > 0
+    assert d["image"].shape[1:] == hu.shape and "image_hu" not in d  # whole slices, HU copy dropped
+    assert (hu[cand] > 130).all()
+    assert cand[(ref > 0) & (ref < 4) & (hu > 130)].all()
+    windows = Compose(p.get_parsed_content("sampler"))(d)
+    assert 1 <= len(windows) <= p["batch_size"] and windows[0]["image"].shape == (1, 96, 96)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ctbundles.networks.orcascore_cascade import OrcaScoreCascadeInferer
+from ctbundles.networks.orcascore_cascade import OrcaScoreCascadeInferer, calcium_labels
 from ctbundles.networks.orcascore_encoder_unet import OrcaScoreEncoderUNet
 from ctbundles.networks.orcascore_heart_unet import OrcaScoreHeartUNet
 
@@ -50,6 +50,33 @@ def test_cascade_without_stage3_keeps_aortic_false_positive():
     label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]
     assert int(label.sum()) == 6 + 4
     assert int(label[45:47, 85:87, 2].sum()) == 4
+
+
+def test_calcium_labels_threshold_on_summed_artery_probability():
+    # 4 voxels, classes (background, LAD, LCX, RCA)
+    probs = torch.tensor([[0.40, 0.30, 0.20, 0.10],   # argmax background; artery sum 0.6
+                          [0.10, 0.20, 0.65, 0.05],   # LCX
+                          [0.95, 0.02, 0.01, 0.02],   # background
+                          [0.20, 0.40, 0.00, 0.40]]).T[None]  # tie LAD/RCA -> the first (LAD)
+    assert calcium_labels(probs).tolist() == [[0, 2, 0, 1]]
+    assert calcium_labels(probs, 0.5).tolist() == [[1, 2, 0, 1]]  # 0.6 > 0.5: calcium, most probable artery
+    assert calcium_labels(probs, 0.85).tolist() == [[0, 2, 0, 0]]  # only 0.9 > 0.85
+    assert calcium_labels(probs, 0.9).tolist() == [[0, 0, 0, 0]]  # strict
+    with pytest.raises(ValueError):
+        OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), calcium_threshold=1.0)
+
+
+def test_cascade_calcium_threshold_moves_the_operating_point():
+    # ThresholdNet(0.9) logits (0, 100 (x - 0.9)): the aortic voxels (0.93) have p(calcium) = sigmoid(3) = 0.953,
+    # the coronary ones (1.0) sigmoid(10); a threshold of 0.99 keeps only the coronary calcium
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), use_fp_stage=False, calcium_threshold=0.99)
+    label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]
+    assert int(label.sum()) == 6 and int(label[60:62, 60:63, 2].sum()) == 6
+    # stage 3 with ThresholdNet(0.9): its argmax keeps both; fp_threshold 0.99 removes the aortic voxels
+    both = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.9))
+    assert int(both(phantom(), ThresholdNet(0.9)).argmax(1)[0].sum()) == 6 + 4
+    strict = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.9), fp_threshold=0.99)
+    assert int(strict(phantom(), ThresholdNet(0.9)).argmax(1)[0].sum()) == 6
 
 
 def test_cascade_without_heart_uses_whole_slice():

@@ -14,6 +14,7 @@ from ctbundles.transforms.orcascore_cascade import (
     HeartROIPasted,
     HistogramMatch,
     HistogramMatchd,
+    PredictedCandidatesd,
     component_crop_boxes,
     crop_to_box,
     extract_crops,
@@ -185,6 +186,41 @@ def test_false_positive_crops_dict_samples():
     np.testing.assert_array_equal(out[1]["image"][0], img[0, 0:96, 32:128, 2])
     assert [int(s["label"].sum()) for s in out] == [4, 4, 0]
     assert len(FalsePositiveCropsd(["image"], candidate_key="cand", max_crops=2)({"image": img, "cand": cand})) == 2
+
+
+class _BrightNet(torch.nn.Module):
+    """Stand-in stage-2 network: class 1 where the input exceeds 0.5, else background (a known answer)."""
+
+    def forward(self, x):
+        fg = (x > 0.5).float()
+        return torch.cat([1 - fg, fg, torch.zeros_like(fg), torch.zeros_like(fg)], dim=1)
+
+
+@pytest.mark.parametrize("roi_size", [None, (4, 4)])
+def test_predicted_candidates_are_prediction_or_label_above_130_hu(roi_size):
+    # 8 x 8 x 2 volume; network input (image) and HU given separately
+    image = np.zeros((1, 8, 8, 2), np.float32)
+    hu = np.zeros((1, 8, 8, 2), np.float32)
+    label = np.zeros((1, 8, 8, 2), np.float32)
+    image[0, 1, 1, 0] = image[0, 2, 2, 0] = image[0, 6, 5, 1] = 0.9  # predicted voxels
+    hu[0, 1, 1, 0], hu[0, 2, 2, 0], hu[0, 6, 5, 1] = 400.0, 100.0, 131.0  # (2, 2) is below 130 HU: dropped
+    label[0, 4, 4, 1] = 1.0
+    hu[0, 4, 4, 1] = 250.0  # reference calcium not predicted: added
+    label[0, 7, 0, 0] = 2.0
+    hu[0, 7, 0, 0] = 120.0  # reference rim below 130 HU: not a candidate
+    hu[0, 0, 7, 1] = 900.0  # bright, neither predicted nor labelled: not a candidate
+    t = PredictedCandidatesd("candidates", _BrightNet(), roi_size=roi_size, overlap=0.0)
+    d = t({"image": MetaTensor(torch.as_tensor(image)), "image_hu": hu, "label": label})
+    cand = d["candidates"]
+    assert isinstance(cand, MetaTensor) and tuple(cand.shape) == (1, 8, 8, 2)
+    expected = np.zeros((8, 8, 2), bool)
+    expected[1, 1, 0] = expected[6, 5, 1] = expected[4, 4, 1] = True
+    np.testing.assert_array_equal(cand[0].numpy() > 0, expected)
+    # without the reference, only the prediction above 130 HU
+    t.include_label = False
+    only = t({"image": torch.as_tensor(image), "image_hu": hu, "label": label})["candidates"][0].numpy() > 0
+    expected[4, 4, 1] = False
+    np.testing.assert_array_equal(only, expected)
 
 
 # ------------------------------------------------------------------ histogram reference selection

@@ -7,6 +7,10 @@ Scores: pixel precision / recall / F1 (Araujo et al., Eqs. 1-3) against the refe
 and the orCaScore lesion-level detection (3D 6-connected > 130 HU lesions), per artery and for all.
 Optional stage 3 (``--fp_ckpt``): every predicted component's 96 x 96 window is re-segmented and the
 kept voxels keep stage 2's artery (with and without stage 3, the paper's Table 5).
+``--calcium_threshold t``: a voxel is calcium when ``1 - p(background) > t`` (``calcium_labels``, as
+``inference.json``'s ``calcium_threshold``) instead of the argmax; ``--sweep t1,t2,...`` adds the stage-2
+scores at each of these thresholds (the validation-fold choice of ``calcium_threshold``).
+``--fp_threshold`` / ``--fp_sweep``: the same for stage 3's p(calcium) (``fp_threshold`` of ``inference.json``).
 
     python scripts/evaluate_stage2.py --config "['configs/train.json','configs/train_cpu_small.json']" \
         --dataset_dir COHORT_ORCASCORE --heart_dir COHORT_NIFTI --ckpt models/model.pt --out eval/stage2.json
@@ -27,6 +31,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import SliceInferer
 from monai.transforms import Compose
 
+from ctbundles.networks.orcascore_cascade import calcium_labels
 from ctbundles.metrics.orcascore_evaluation import lesion_detection, orcascore_lesions, pixel_scores
 from ctbundles.transforms.ct_io import load_ct, load_label
 from ctbundles.transforms.orcascore_cascade import component_crop_boxes, extract_crops, heart_roi_box, paste_crops, widen_range
@@ -77,6 +82,10 @@ def main() -> int:
     ap.add_argument("--fp_config", default=None, help="config list of the stage-3 network")
     ap.add_argument("--items", choices=("val", "all"), default="val", help="the validation fold (val) or every training item of the cohort (all: a held-out cohort)")
     ap.add_argument("--breakdown", action="store_true", help="sort the false-positive lesions by where they lie (diagnostic)")
+    ap.add_argument("--calcium_threshold", type=float, default=None, help="1 - p(background) above which a voxel is calcium (default: argmax)")
+    ap.add_argument("--sweep", default="", help="comma-separated thresholds: stage-2 scores at each")
+    ap.add_argument("--fp_threshold", type=float, default=None, help="p(calcium) of stage 3 above which a voxel is kept (default: argmax)")
+    ap.add_argument("--fp_sweep", default="", help="comma-separated stage-3 thresholds: stage 2 + 3 scores at each")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -99,6 +108,10 @@ def main() -> int:
         fp_net = fp_parser.get_parsed_content("network_def")
         fp_net.load_state_dict(torch.load(args.fp_ckpt, map_location="cpu"))
         fp_net.eval()
+    sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
+    swept = {t: ([], []) for t in sweep}
+    fp_sweep = [float(t) for t in args.fp_sweep.split(",") if t.strip()]
+    fp_swept = {}
     refs, preds2, preds3, les2, les3, breakdown = [], [], [], [], [], {}
     for item in items:
         truth = json.load(open(item["truth"]))
@@ -117,15 +130,24 @@ def main() -> int:
         image = d["image"][None, :, x0:x1, y0:y1].float()
         with torch.no_grad():
             logits = inferer(image.as_tensor() if hasattr(image, "as_tensor") else image, net)
-        roi_pred = logits.argmax(1)[0].numpy()
-        pred = np.zeros(hu.shape, np.int64)
-        pred[x0:x1, y0:y1] = roi_pred
-        pred[hu < 130] = 0
+        probs = torch.softmax(logits, dim=1)
+
+        def labels_at(threshold):
+            full = np.zeros(hu.shape, np.int64)
+            full[x0:x1, y0:y1] = calcium_labels(probs, threshold)[0].numpy()
+            full[hu < 130] = 0
+            return full
+
+        pred = labels_at(args.calcium_threshold)
         ref = d["label"][0].numpy().astype(np.int64)
         ref[hu <= 130] = 0
         refs.append(ref)
         preds2.append(pred)
         spacing = [float(s) for s in d["image"].meta["spacing"]]
+        for t in sweep:
+            p_t = labels_at(t)
+            swept[t][0].append(p_t)
+            swept[t][1].append(orcascore_lesions(hu, ref, p_t, spacing))
         les2.append(orcascore_lesions(hu, ref, pred, spacing))
         if args.breakdown:
             affine = nib.load(os.path.join(args.heart_dir, "imagesTr", f"{truth['case_id']}.nii.gz")).affine
@@ -133,7 +155,7 @@ def main() -> int:
             for kind in false_positive_kinds(hu, ref, pred, negatives, affine, spacing):
                 breakdown[kind] = breakdown.get(kind, 0) + 1
         if fp_net is not None:
-            keep = np.zeros(hu.shape, bool)
+            keeps = {t: np.zeros(hu.shape, bool) for t in [args.fp_threshold] + fp_sweep}
             img = d["image"][0].numpy()
             for z in range(hu.shape[2]):
                 corners = component_crop_boxes(pred[:, :, z] > 0, 96)
@@ -141,20 +163,42 @@ def main() -> int:
                     continue
                 crops = torch.as_tensor(extract_crops(img[:, :, z], corners, 96))[:, None]
                 with torch.no_grad():
-                    out = fp_net(crops).argmax(1).float().numpy()
-                keep[:, :, z] = paste_crops(out, corners, hu.shape[:2]) > 0
-            p3 = np.where(keep, pred, 0)
-            preds3.append(p3)
-            les3.append(orcascore_lesions(hu, ref, p3, spacing))
+                    fp_probs = torch.softmax(fp_net(crops), dim=1)
+                for t, keep in keeps.items():
+                    out = (calcium_labels(fp_probs, t) > 0).float().numpy()
+                    keep[:, :, z] = paste_crops(out, corners, hu.shape[:2]) > 0
+            for t, keep in keeps.items():
+                p3 = np.where(keep, pred, 0)
+                fp_swept.setdefault(t, ([], []))
+                fp_swept[t][0].append(p3)
+                fp_swept[t][1].append(orcascore_lesions(hu, ref, p3, spacing))
+            preds3.append(fp_swept[args.fp_threshold][0][-1])
+            les3.append(fp_swept[args.fp_threshold][1][-1])
     result = {
         "cases": [i["case_id"] for i in items],
+        "calcium_threshold": args.calcium_threshold,
         "without_stage3": {"pixel": pixel_scores(refs, preds2), "lesion": lesion_detection(les2)},
         "seconds": round(time.time() - t0, 1),
     }
     if args.breakdown:
         result["false_positive_lesions_by_kind"] = breakdown
+    if sweep:
+        result["sweep"] = {}
+        for t in sweep:
+            les = lesion_detection(swept[t][1])
+            a = les["all"]
+            a["f1"] = 2 * a["tp"] / (2 * a["tp"] + a["fp"] + a["fn"]) if a["tp"] + a["fp"] + a["fn"] else float("nan")
+            result["sweep"][str(t)] = {"pixel": pixel_scores(refs, swept[t][0]), "lesion": les}
     if fp_net is not None:
+        result["fp_threshold"] = args.fp_threshold
         result["with_stage3"] = {"pixel": pixel_scores(refs, preds3), "lesion": lesion_detection(les3)}
+        if fp_sweep:
+            result["fp_sweep"] = {}
+            for t in fp_sweep:
+                les = lesion_detection(fp_swept[t][1])
+                a = les["all"]
+                a["f1"] = 2 * a["tp"] / (2 * a["tp"] + a["fp"] + a["fn"]) if a["tp"] + a["fp"] + a["fn"] else float("nan")
+                result["fp_sweep"][str(t)] = {"pixel": pixel_scores(refs, fp_swept[t][0]), "lesion": les}
     for key in ("without_stage3", "with_stage3"):
         if key in result:
             les = result[key]["lesion"]["all"]
