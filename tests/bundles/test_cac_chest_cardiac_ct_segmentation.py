@@ -287,11 +287,30 @@ def test_synthetic_overlay_keeps_paper_loss_and_network():
     assert inference["in_plane_size"] == p["in_plane_size"]  # the shipped weights see the matrix they were trained on
 
 
-def test_finetune_overlay_continues_from_the_checkpoint():
-    """configs/train_synthetic_finetune.json (stage 2 of models/model.pt): 2 epochs at a quarter of
-    the stage-1 rate, and its initialize step loads <bundle_root>/models/model.pt into the network."""
-    p = parser("train.json", "train_synthetic.json", "train_synthetic_finetune.json")
-    assert (p["epochs"], p["learning_rate"], p["batch_size"]) == (2, 0.00025, 4)
+@pytest.mark.parametrize(
+    "overlays, expected",
+    [
+        # stage 2: 2 epochs at a quarter of the stage-1 rate, the stage-1 sampling and schedule
+        (["train_synthetic_finetune.json"], {"epochs": 2, "learning_rate": 0.00025, "positive_fraction": 0.9,
+                                             "lr_step_iterations": 1000, "val_interval": 2}),
+        # stage 3: 16 epochs from the stage-2 rate, halved every 2000 iterations, a quarter of the
+        # samples from any slice (hard negatives), validation every epoch
+        (["train_synthetic_finetune.json", "train_synthetic_stage3.json"],
+         {"epochs": 16, "learning_rate": 0.00025, "positive_fraction": 0.75, "lr_step_iterations": 2000,
+          "val_interval": 1}),
+    ],
+)
+def test_finetune_overlays_continue_from_the_checkpoint(overlays, expected):
+    """configs/train_synthetic_finetune.json (stage 2) and train_synthetic_stage3.json (stage 3,
+    merged after it): their values reach the learning-rate scheduler, the batch and the
+    selection (CheckpointSaver on validation Dice, models/model.pt) stay the stage-1 recipe's, and
+    the initialize step loads <bundle_root>/models/model.pt into the network."""
+    p = parser("train.json", "train_synthetic.json", *overlays)
+    assert {k: p[k] for k in expected} == expected and p["batch_size"] == 4
+    sched = p.get_parsed_content("train#lr_scheduler")
+    assert (sched.step_size, sched.gamma, sched.base_lrs) == (expected["lr_step_iterations"], 0.5,
+                                                             [expected["learning_rate"]])
+    assert p["validate"]["handlers"][1]["key_metric_filename"] == "model.pt"
     p["bundle_root"] = str(BUNDLE)
     p["device"] = "$torch.device('cpu')"
     p.get_parsed_content("initialize")
