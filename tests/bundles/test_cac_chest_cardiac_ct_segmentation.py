@@ -287,11 +287,30 @@ def test_synthetic_overlay_keeps_paper_loss_and_network():
     assert inference["in_plane_size"] == p["in_plane_size"]  # the shipped weights see the matrix they were trained on
 
 
-def test_finetune_overlay_continues_from_the_checkpoint():
-    """configs/train_synthetic_finetune.json (stage 2 of models/model.pt): 2 epochs at a quarter of
-    the stage-1 rate, and its initialize step loads <bundle_root>/models/model.pt into the network."""
-    p = parser("train.json", "train_synthetic.json", "train_synthetic_finetune.json")
-    assert (p["epochs"], p["learning_rate"], p["batch_size"]) == (2, 0.00025, 4)
+@pytest.mark.parametrize(
+    "overlays, expected",
+    [
+        # stage 2: 2 epochs at a quarter of the stage-1 rate, the stage-1 sampling and schedule
+        (["train_synthetic_finetune.json"], {"epochs": 2, "learning_rate": 0.00025, "positive_fraction": 0.9,
+                                             "lr_step_iterations": 1000, "val_interval": 2}),
+        # stage 3: 16 epochs from the stage-2 rate, halved every 2000 iterations, a quarter of the
+        # samples from any slice (hard negatives), validation every epoch
+        (["train_synthetic_finetune.json", "train_synthetic_stage3.json"],
+         {"epochs": 16, "learning_rate": 0.00025, "positive_fraction": 0.75, "lr_step_iterations": 2000,
+          "val_interval": 1}),
+    ],
+)
+def test_finetune_overlays_continue_from_the_checkpoint(overlays, expected):
+    """configs/train_synthetic_finetune.json (stage 2) and train_synthetic_stage3.json (stage 3,
+    merged after it): their values reach the learning-rate scheduler, the batch and the
+    selection (CheckpointSaver on validation Dice, models/model.pt) stay the stage-1 recipe's, and
+    the initialize step loads <bundle_root>/models/model.pt into the network."""
+    p = parser("train.json", "train_synthetic.json", *overlays)
+    assert {k: p[k] for k in expected} == expected and p["batch_size"] == 4
+    sched = p.get_parsed_content("train#lr_scheduler")
+    assert (sched.step_size, sched.gamma, sched.base_lrs) == (expected["lr_step_iterations"], 0.5,
+                                                             [expected["learning_rate"]])
+    assert p["validate"]["handlers"][1]["key_metric_filename"] == "model.pt"
     p["bundle_root"] = str(BUNDLE)
     p["device"] = "$torch.device('cpu')"
     p.get_parsed_content("initialize")
@@ -301,7 +320,7 @@ def test_finetune_overlay_continues_from_the_checkpoint():
     assert all(torch.equal(state[k], shipped[k]) for k in shipped)
 
 
-# seed of the unseen test case: outside the training (0-39) and held-out test (1000-1011, 2000-2011) seeds
+# seed of the unseen test case: outside the training (0-39) and held-out test (1000-1023, 2000-2023) seeds
 UNSEEN_CHEST_SEED = 3003
 
 
@@ -329,7 +348,8 @@ def test_shipped_weights_segment_an_unseen_chest_case(unseen_chest_result):
     """Learning regression check on the unseen case: the predicted Agatston lands in the true risk
     category and the lesion F1 is at least 0.7. For scale: a mask of every voxel at or above
     130 HU (bone, aortic calcium, noise) finds all 6 lesions with PPV 6/4237, lesion F1 0.003; the
-    shipped weights give Agatston 233 (truth 245), 6/6 lesions found, PPV 6/7, lesion F1 0.92."""
+    shipped weights (version 0.3.0, stage 3) give Agatston 282 (truth 245), 6/6 lesions found, PPV
+    0.75, lesion F1 0.86 (version 0.2.0 gave Agatston 233, PPV 6/7, lesion F1 0.92)."""
     report, lesions, truth = unseen_chest_result
     assert truth["risk_category"] == "101-400"
     assert report["risk_category"] == truth["risk_category"], (report["agatston"], truth["agatston"])
