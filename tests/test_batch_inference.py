@@ -256,5 +256,5 @@ def test_random_weight_copy_fills_the_stage_weights_the_config_loads(tmp_path):
     from tests_support import BUNDLES_DIR
 
     copy = bundle_with_random_weights(BUNDLES_DIR / "cac_orcascore_cascade_ct_segmentation", tmp_path / "cascade")
-    assert sorted(p.name for p in (copy / "models").glob("*.pt")) == ["model.pt", "model_roi.pt"]  # stage 3 off as shipped
+    assert sorted(p.name for p in (copy / "models").glob("*.pt")) == ["model.pt", "model_fp.pt", "model_roi.pt"]  # stage 3 on as shipped
     assert missing_weights(copy) == []
