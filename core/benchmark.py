@@ -1,8 +1,8 @@
 """Latency, speed-up and memory of the four bundles' inference on standard generated cases (issue 7).
 
 Every measurement runs in a fresh Python process (``python -m ctbundles.benchmark --child``), so its
-peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which covers torch's native
-allocations that ``tracemalloc`` misses) is that of one pipeline on one case. In the child the
+peak resident memory (:func:`peak_rss_mb`: Linux ``VmHWM``, which covers torch's native allocations
+that ``tracemalloc`` misses) is that of one pipeline on one case. In the child the
 bundle's ``configs/inference.json`` is instantiated once through MONAI's ``ConfigParser``
 (:class:`ctbundles.batch_inference.BundleRunner`, weights loaded once); then each repeat times one
 case end to end (read, preprocess, network, post-process, report and segmentation written), with
@@ -81,6 +81,28 @@ class _Timed:
         return out
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's own address space, in MB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. Not ``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux a
+    freshly exec'd child inherits in it the resident size of the parent it was spawned from (the
+    kernel folds the pre-exec address space's high-water mark into the process's maxrss), so a
+    small measurement run from a large parent reports the parent's memory. ``ru_maxrss`` remains
+    the fallback where ``/proc`` is absent (kB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024.0
+
+
 def _child(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One measurement in this (fresh) process: see the module docstring."""
     import resource
@@ -143,7 +165,7 @@ def _child(spec: Mapping[str, Any]) -> dict[str, Any]:
         runs.append({"e2e_s": e2e, "cpu_s": cpu_s, "read_preprocess_s": timed_pre.seconds, "network_s": state["seconds"], "forward_calls": state["calls"],
                      "rest_s": e2e - timed_pre.seconds - state["seconds"]})
     result = {"setup_s": setup_s, "runs": runs, "networks": [type(n).__name__ for n in nets],
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+              "peak_rss_mb": peak_rss_mb(),
               "threads": torch.get_num_threads(), "outputs": sorted(p.name for p in out_dir.glob("*"))}
     if cuda:
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -377,7 +399,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     sc = report.get("scaling")
     if sc:
         lines += ["", f"## Scaling with the number of slices ({sc['bundle']}, {sc['in_plane'][0]}x{sc['in_plane'][1]} in-plane, {sc['device']})", "",
-                  "Each size in a fresh process; peak RSS is the process's maximum resident memory (getrusage).", "",
+                  "Each size in a fresh process; peak RSS is the process's maximum resident memory (VmHWM).", "",
                   "| slices | end to end (s) | process CPU (s) | network (s) | s per slice | peak RSS (MB) |", "|---:|---:|---:|---:|---:|---:|"]
         for p in sc["points"]:
             if "error" in p:

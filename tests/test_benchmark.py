@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,19 @@ def test_bench_command_writes_json_and_markdown(tmp_path):
     md = (tmp_path / "out" / "bench.md").read_text()
     assert md == benchmark.to_markdown(report) and "| 12 |" in md and "cpu/naive" in md
     assert math.isfinite(report["total_s"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_peak_memory_of_a_child_excludes_its_parent():
+    """A measurement child spawned from a large parent reports its own peak, not the parent's
+    (``ru_maxrss`` would report at least the parent's 400 MB here)."""
+    import numpy as np
+
+    from ctbundles.benchmark import peak_rss_mb
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+    assert peak_rss_mb() >= 400
+    code = "from ctbundles.benchmark import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1 < child < 200
+    del ballast
