@@ -82,7 +82,8 @@ def lesion_detection(lesion_sets: Sequence[Mapping], arteries: Mapping[str, int]
     """Lesion-level detection per artery and for all calcium, pooled over the lesions of all patients.
 
     Each entry: ``tp``, ``fp``, ``fn`` (counts), ``tp_mm3``, ``fp_mm3``, ``fn_mm3``, ``sensitivity``,
-    ``ppv``, ``sensitivity_volume``, ``ppv_volume``, ``f1_volume``. ``"all"`` ignores the artery
+    ``ppv``, ``f1`` (2 TP / (2 TP + FP + FN) of the counts), ``sensitivity_volume``, ``ppv_volume``,
+    ``f1_volume``; a ratio with an empty denominator is NaN. ``"all"`` ignores the artery
     (calcium found anywhere vs. not).
     """
     ref = np.concatenate([np.asarray(s["reference_label"]) for s in lesion_sets]) if lesion_sets else np.zeros(0, int)
@@ -97,6 +98,7 @@ def lesion_detection(lesion_sets: Sequence[Mapping], arteries: Mapping[str, int]
              "tp_mm3": float(vol[tp].sum()), "fp_mm3": float(vol[fp].sum()), "fn_mm3": float(vol[fn].sum())}
         e["sensitivity"] = _ratio(e["tp"], e["tp"] + e["fn"])
         e["ppv"] = _ratio(e["tp"], e["tp"] + e["fp"])
+        e["f1"] = _ratio(2 * e["tp"], 2 * e["tp"] + e["fp"] + e["fn"])
         e["sensitivity_volume"] = _ratio(e["tp_mm3"], e["tp_mm3"] + e["fn_mm3"])
         e["ppv_volume"] = _ratio(e["tp_mm3"], e["tp_mm3"] + e["fp_mm3"])
         e["f1_volume"] = _ratio(2 * e["tp_mm3"], 2 * e["tp_mm3"] + e["fp_mm3"] + e["fn_mm3"])

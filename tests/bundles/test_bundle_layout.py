@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ctbundles.zoo_export import REQUIRED_METADATA
 from tests_support import list_bundles
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -20,10 +21,6 @@ REQUIRED_FILES = (
     "docs/README.md",
     "docs/data_license.txt",
     "LICENSE",
-)
-REQUIRED_METADATA = (
-    "schema", "version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-    "task", "description", "authors", "copyright", "network_data_format", "name", "changelog",
 )
 
 

@@ -58,6 +58,7 @@ def test_lesion_detection_per_artery():
     assert (rca["tp"], rca["fp"], rca["fn"]) == (0, 0, 1) and math.isnan(rca["ppv"])
     assert (total["tp"], total["fp"], total["fn"]) == (2, 1, 2)
     assert total["sensitivity"] == 0.5 and total["ppv"] == pytest.approx(2 / 3)
+    assert total["f1"] == pytest.approx(4 / 7) and lad["f1"] == pytest.approx(2 / 3) and rca["f1"] == 0.0
     assert total["f1_volume"] == pytest.approx(24 / 30)
 
 

@@ -38,11 +38,6 @@ from ctbundles.transforms.orcascore_cascade import heart_roi_box
 BUNDLE = Path(__file__).resolve().parents[1]
 
 
-def _lesion_f1(entry: dict) -> float:
-    tp, fp, fn = entry["tp"], entry["fp"], entry["fn"]
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
-
-
 def stage1_scores(items, heart_dir, overrides) -> dict:
     """Dice of the stage-1 heart masks (shipped ``model_roi.pt``, on the histogram-matched input of
     ``inference.json``) and the share of reference calcium inside the ROI box."""
@@ -109,7 +104,7 @@ def main() -> int:
             refs.append(ref)
             preds.append(pred)
         ev["pixels_above_130hu"] = pixel_scores(refs, preds)
-        ev["lesion_f1"] = _lesion_f1(ev["lesions"]["all"])
+        ev["lesion_f1"] = ev["lesions"]["all"]["f1"]
         ev["inference_seconds"] = round(seconds, 1)
         result[key] = ev
     result["seconds"] = round(time.time() - t0, 1)

@@ -185,24 +185,14 @@ def main() -> int:
     if sweep:
         result["sweep"] = {}
         for t in sweep:
-            les = lesion_detection(swept[t][1])
-            a = les["all"]
-            a["f1"] = 2 * a["tp"] / (2 * a["tp"] + a["fp"] + a["fn"]) if a["tp"] + a["fp"] + a["fn"] else float("nan")
-            result["sweep"][str(t)] = {"pixel": pixel_scores(refs, swept[t][0]), "lesion": les}
+            result["sweep"][str(t)] = {"pixel": pixel_scores(refs, swept[t][0]), "lesion": lesion_detection(swept[t][1])}
     if fp_net is not None:
         result["fp_threshold"] = args.fp_threshold
         result["with_stage3"] = {"pixel": pixel_scores(refs, preds3), "lesion": lesion_detection(les3)}
         if fp_sweep:
             result["fp_sweep"] = {}
             for t in fp_sweep:
-                les = lesion_detection(fp_swept[t][1])
-                a = les["all"]
-                a["f1"] = 2 * a["tp"] / (2 * a["tp"] + a["fp"] + a["fn"]) if a["tp"] + a["fp"] + a["fn"] else float("nan")
-                result["fp_sweep"][str(t)] = {"pixel": pixel_scores(refs, fp_swept[t][0]), "lesion": les}
-    for key in ("without_stage3", "with_stage3"):
-        if key in result:
-            les = result[key]["lesion"]["all"]
-            les["f1"] = 2 * les["tp"] / (2 * les["tp"] + les["fp"] + les["fn"]) if les["tp"] + les["fp"] + les["fn"] else float("nan")
+                result["fp_sweep"][str(t)] = {"pixel": pixel_scores(refs, fp_swept[t][0]), "lesion": lesion_detection(fp_swept[t][1])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
