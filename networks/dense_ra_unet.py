@@ -14,6 +14,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets.densenet import DenseNet, _DenseBlock
 
 from ctbundles.networks.blocks_dense_ra_unet import DecoderModule, ResidualAtrousUnit
+from ctbundles.switches import require_bool
 
 __all__ = ["DenseRAUnet"]
 
@@ -92,9 +93,9 @@ class DenseRAUnet(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.use_rau = use_rau
-        self.use_edb = use_edb
-        self.use_scse = use_scse
+        self.use_rau = use_rau = require_bool(use_rau, "use_rau", "DenseRAUnet")
+        self.use_edb = use_edb = require_bool(use_edb, "use_edb", "DenseRAUnet")
+        self.use_scse = use_scse = require_bool(use_scse, "use_scse", "DenseRAUnet")
         self.block_config = tuple(int(b) for b in block_config)
         self.growth_rate = int(growth_rate)
         self.init_features = int(init_features)

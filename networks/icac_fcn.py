@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ctbundles.networks.blocks_icac_fcn import DROPOUT_POSITIONS, ICACBlock, PreActConv
+from ctbundles.switches import require_bool
 
 __all__ = ["ICACFCN", "DEFAULT_DROPOUT"]
 
@@ -171,6 +172,9 @@ class ICACFCN(nn.Module):
         logit_norm: bool = True,
     ):
         super().__init__()
+        residual = require_bool(residual, "residual", "ICACFCN")
+        deep_supervision = require_bool(deep_supervision, "deep_supervision", "ICACFCN")
+        logit_norm = require_bool(logit_norm, "logit_norm", "ICACFCN")
         if len(features) != 3:
             raise ValueError(f"features must give 3 numbers (levels 0, 1, 2), got {features}")
         if len(dropout) != 8:

@@ -25,6 +25,7 @@ from ctbundles.transforms.orcascore_cascade import (
     paste_crops,
     widen_range,
 )
+from ctbundles.switches import require_bool
 
 __all__ = ["OrcaScoreCascadeInferer", "calcium_labels", "load_stage_weights"]
 
@@ -140,7 +141,7 @@ class OrcaScoreCascadeInferer(Inferer):
         self.crop_size = crop_size
         self.slice_batch_size = slice_batch_size
         self.fp_batch_size = fp_batch_size
-        self.use_fp_stage = use_fp_stage
+        self.use_fp_stage = require_bool(use_fp_stage, "use_fp_stage", "OrcaScoreCascadeInferer")
         self.divisible = max(int(divisible), 1)
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
         self.last_roi_boxes: list = []

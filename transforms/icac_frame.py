@@ -33,6 +33,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from ctbundles.switches import require_bool
+
 __all__ = ["to_sitk", "register_rigid", "frame_affine", "ToNetworkFrame", "ToNetworkFramed", "FromNetworkFrame",
            "FromNetworkFramed", "DEFAULT_FRAME"]
 
@@ -134,7 +136,7 @@ class ToNetworkFrame(Transform):
         self.affine = frame_affine(self.frame_shape, frame_spacing, frame_centre_mm)
         self.grid = to_sitk(np.zeros(self.frame_shape, np.uint8), self.affine)
         self.fill_hu = float(fill_hu)
-        self.register = bool(register)
+        self.register = require_bool(register, "register_to_reference", "ToNetworkFramed")
 
     @property
     def reference(self) -> sitk.Image:

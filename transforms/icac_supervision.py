@@ -20,6 +20,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from ctbundles.switches import require_bool
+
 __all__ = ["SupervisionMask", "SupervisionMaskd", "HUThreshold", "HUThresholdd", "SplitSides", "SplitSidesd"]
 
 
@@ -40,7 +42,7 @@ class SupervisionMask(Transform):
     def __init__(self, threshold_hu: float = 130.0, ignore_value: float = -1.0, enabled: bool = True):
         self.threshold_hu = float(threshold_hu)
         self.ignore_value = float(ignore_value)
-        self.enabled = bool(enabled)
+        self.enabled = require_bool(enabled, "supervise_above_130hu", "SupervisionMask")
 
     def __call__(self, label, image):
         if not self.enabled:
