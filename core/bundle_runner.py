@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from ctbundles.errors import CTInputError
 
-__all__ = ["find_bundles_root", "read_bundle_config", "checkpoint_targets", "required_weights", "missing_weights", "run_inference", "prediction_file"]
+__all__ = ["find_bundles_root", "read_bundle_config", "checkpoint_targets", "required_weights", "missing_weights", "run_inference", "prediction_file", "written_segmentations"]
 
 
 def find_bundles_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -116,12 +116,15 @@ def missing_weights(bundle: str | os.PathLike) -> list[Path]:
     return [p for p in required_weights(bundle) if not p.is_file()]
 
 
-def run_inference(bundle, dataset_dir, output_dir, log_path, threads: int | None = None, extra: dict | None = None) -> dict:
+def run_inference(bundle, dataset_dir, output_dir, log_path, threads: int | None = None, extra: dict | None = None,
+                  progress=None, progress_every: float = 20.0) -> dict:
     """Run ``python -m monai.bundle run`` with the bundle's ``configs/inference.json``.
 
     Only ``bundle_root``, ``dataset_dir`` and ``output_dir`` are overridden (plus ``extra``, meant for
     tests). stdout and stderr go to ``log_path``. Returns ``{"returncode", "seconds", "command",
     "log"}``; ``threads`` sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` of the subprocess.
+    While the bundle runs, ``progress(seconds, n_written)`` (when given) is called every
+    ``progress_every`` seconds with the elapsed time and the number of segmentations written so far.
     """
     bundle = Path(bundle).resolve()
     output_dir = Path(output_dir).resolve()
@@ -147,8 +150,27 @@ def run_inference(bundle, dataset_dir, output_dir, log_path, threads: int | None
     with open(log_path, "w") as log:
         log.write(" ".join(command) + "\n\n")
         log.flush()
-        proc = subprocess.run(command, cwd=str(bundle), env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=str(bundle), env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=progress_every if progress is not None else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    progress(time.perf_counter() - t0, len(written_segmentations(output_dir)))
+        except BaseException:  # interrupted (Ctrl-C) or a failing callback: do not leave the bundle running
+            proc.kill()
+            proc.wait()
+            raise
     return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "command": command, "log": str(log_path)}
+
+
+def written_segmentations(output_dir: str | os.PathLike) -> list[Path]:
+    """The segmentations ``SaveImaged`` (postfix ``seg``) has finished writing in ``output_dir``."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(f"_seg{ext}") for ext in (".nii.gz", ".nii", ".mhd", ".nrrd")))
 
 
 def prediction_file(image_path: str | os.PathLike, output_dir: str | os.PathLike) -> Path | None:

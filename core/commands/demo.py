@@ -234,6 +234,10 @@ def _fmt(value, width=10, digits=2) -> str:
     return f"{float(value):{width}.{digits}f}"
 
 
+#: seconds between the progress lines printed while a bundle's inference runs
+PROGRESS_EVERY_S = 20.0
+
+
 def run_bundle(kind: str, cohort: dict, out: Path, bundles_root: Path, threads: int | None = None, extra: dict | None = None) -> dict:
     """Step 2 and 3 for one kind: the bundle's inference and the comparison of its predictions."""
     from ctbundles.bundle_runner import missing_weights, prediction_file, run_inference
@@ -251,7 +255,13 @@ def run_bundle(kind: str, cohort: dict, out: Path, bundles_root: Path, threads: 
                               "inference was NOT run")
         return result
     pred_dir = Path(cohort["folder"]) / "predictions"
-    run = run_inference(bundle, cohort["dataset_dir"], pred_dir, Path(cohort["folder"]) / "inference.log", threads=threads, extra=extra)
+    n_cases = len(cohort["cases"])
+
+    def progress(seconds: float, written: int) -> None:
+        print(f"   [{kind}] inference running: {seconds:.0f} s, {written}/{n_cases} segmentation(s) written", file=sys.stderr, flush=True)
+
+    run = run_inference(bundle, cohort["dataset_dir"], pred_dir, Path(cohort["folder"]) / "inference.log", threads=threads, extra=extra,
+                        progress=progress, progress_every=PROGRESS_EVERY_S)
     result.update(inference_seconds=run["seconds"], log=run["log"], command=run["command"], output_dir=str(pred_dir))
     if run["returncode"] != 0:
         tail = Path(run["log"]).read_text().strip().splitlines()[-5:]

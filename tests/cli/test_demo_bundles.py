@@ -9,6 +9,7 @@ are therefore those of untrained networks, and the tests check the plumbing and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctbundles.bundle_runner import missing_weights, prediction_file, required_weights
+from ctbundles.bundle_runner import missing_weights, prediction_file, required_weights, written_segmentations
 from ctbundles.cli import main
 from ctbundles.commands import demo
 from tests_support.random_bundle import BUNDLES, make_random_bundle
@@ -161,7 +162,8 @@ def test_a_bundle_without_weights_is_reported_and_the_demo_fails(tmp_path, capsy
 
 
 @pytest.mark.slow  # 16 s on the shared 2-core CPU (50 s under load): one ISLES run through monai.bundle
-def test_demo_summary_structure_with_a_random_weight_bundle(tmp_path, capsys):
+def test_demo_summary_structure_with_a_random_weight_bundle(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "PROGRESS_EVERY_S", 0.5)  # the run takes seconds: several progress lines
     root = tmp_path / "bundles"
     make_random_bundle("isles2018_ctp_stroke_segmentation", root, FAST["isles2018_ctp_stroke_segmentation"])
     assert main(["demo", "--out", str(tmp_path / "out"), "--cases", "1", "--kinds", "ctp", "--bundles", str(root), "--threads", "1"]) == 0
@@ -179,5 +181,17 @@ def test_demo_summary_structure_with_a_random_weight_bundle(tmp_path, capsys):
         assert c["prediction"] in inf["output_files"]
         assert c["difference"] == pytest.approx(c["predicted"] - c["truth"])
     assert inf["mean_dice"] == pytest.approx(np.mean([c["dice"] for c in inf["cases"]]))
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "lesion_volume_ml pred" in out and "mean Dice" in out
+    # progress while the bundle runs: elapsed seconds rise, segmentations written never exceed the cases
+    ticks = [(int(s), int(w), int(n)) for s, w, n in re.findall(r"\[ctp\] inference running: (\d+) s, (\d+)/(\d+) segmentation", captured.err)]
+    assert len(ticks) >= 2
+    assert [t[0] for t in ticks] == sorted(t[0] for t in ticks) and all(w <= n == len(truth) for _, w, n in ticks)
+
+
+def test_written_segmentations_counts_only_finished_seg_files(tmp_path):
+    assert written_segmentations(tmp_path / "missing") == []
+    for name in ("a_seg.nii.gz", "b_seg.mhd", "b_seg.raw", "c.nii.gz", "d_seg.nii.gz.tmp", "e.json"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in written_segmentations(tmp_path)] == ["a_seg.nii.gz", "b_seg.mhd"]
