@@ -108,7 +108,7 @@ class ICACEvaluationHandler:
         self.summary = summarize(self.cases)
         atomic_write_text(self.output_dir / "icac_evaluation.json", json.dumps({**self.summary, "cases": self.cases}, indent=2))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(self.cases[0]))
+        writer = csv.DictWriter(buf, fieldnames=list(self.cases[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.cases)
         atomic_write_text(self.output_dir / "icac_evaluation_cases.csv", buf.getvalue())

@@ -124,7 +124,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     for r in rows:
         fields += [k for k in r if k not in fields]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())

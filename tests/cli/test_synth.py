@@ -37,6 +37,7 @@ def test_nifti_cohort_is_deterministic_with_truth(tmp_path):
     dl = json.loads((a / "datalist.json").read_text())
     assert [it["case_id"] for it in dl["training"]] == ["cardiac_000", "cardiac_001"] and dl["excluded"] == []
     assert dl["labels"] == {"0": "background", "1": "LM", "2": "LAD", "3": "LCX", "4": "RCA"}
+    assert b"\r" not in (a / "truth.csv").read_bytes()  # plain \n line ends, as the project's other CSVs
     rows = _rows(a / "truth.csv")
     assert [r["case_id"] for r in rows] == ["cardiac_000", "cardiac_001"]
     assert rows == [dict(r, file=r["file"].replace(str(b), str(a))) for r in _rows(b / "truth.csv")]

@@ -32,5 +32,6 @@ def test_handler_collects_cases_and_writes_outputs(tmp_path):
     assert summary["absolute_dice"] == pytest.approx(2 * 5 / (6 + 5))
     assert len(summary["cases"]) == 2
     assert (tmp_path / "icac_evaluation_cases.csv").read_text().splitlines()[0].startswith("case,dice,")
+    assert b"\r" not in (tmp_path / "icac_evaluation_cases.csv").read_bytes()
     assert (tmp_path / "icac_volume_scatter.png").stat().st_size > 1000
     assert np.isfinite(summary["volume_pearson"])
