@@ -1,7 +1,7 @@
 """`ctbundles demo`: the main job on data the project generates itself.
 
-For each bundle it writes a small synthetic cohort of the scans the bundle expects (``ctbundles
-synth``: head CT for the ICAC bundle, chest CT for the DenseRAUnet bundle, cardiac CT in the
+For each bundle it writes a synthetic cohort of clinical-size scans (``--small``: coarse presets)
+of the kind the bundle expects (``ctbundles synth``: head CT for the ICAC bundle, chest CT for the DenseRAUnet bundle, cardiac CT in the
 orCaScore layout for the cascade bundle, CT perfusion in the ISLES 2018 layout, stacked to one
 4-channel file per case, for the MS-DCNN bundle), then:
 
@@ -51,7 +51,8 @@ def add_parser(subparsers):
     parser.add_argument("--cases", type=int, default=1, metavar="N", help="cases (patients) per bundle (default 1)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="cohort seed (default 0)")
     parser.add_argument("--kinds", default=",".join(KINDS), metavar="K1,K2", help=f"kinds to run (default {','.join(KINDS)})")
-    parser.add_argument("--full-size", action="store_true", help="clinical-size scans instead of the small presets")
+    parser.add_argument("--small", action="store_true",
+                        help="coarse small presets of ctbundles synth (a quick smoke test: the shipped weights were trained on clinical-size scans, so the figures are not representative)")
     parser.add_argument("--bundles", default=None, metavar="DIR", help="folder of the bundles (default: the repository's bundles/)")
     parser.add_argument("--no-inference", action="store_true", help="only generate, read back and score the cohorts (step 1)")
     parser.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads of each bundle run (OMP_NUM_THREADS; default: PyTorch's)")
@@ -331,7 +332,7 @@ def run(args) -> int:
         t0 = time.perf_counter()
         say = lambda msg: print(f"   [{kind}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
         print(f"== [{n}/{len(kinds)}] {kind} -> {spec['bundle']}: {args.cases} synthetic case(s) in {out / kind}", file=sys.stderr, flush=True)
-        cohort = make_cohort(kind, out, args.cases, args.seed, small=not args.full_size)
+        cohort = make_cohort(kind, out, args.cases, args.seed, small=args.small)
         say(f"cohort written ({len(cohort['cases'])} case(s), {time.perf_counter() - t0:.1f} s); reading the ground truth back")
         summary = {"kind": kind, "bundle": spec["bundle"], "figure": spec["figure"], "folder": cohort["folder"],
                    "read_back": read_back(kind, cohort)}

@@ -149,7 +149,7 @@ def test_a_bundle_without_weights_is_reported_and_the_demo_fails(tmp_path, capsy
     root = tmp_path / "bundles"
     shutil.copytree(BUNDLES / "isles2018_ctp_stroke_segmentation", root / "isles2018_ctp_stroke_segmentation")
     (root / "isles2018_ctp_stroke_segmentation" / "models" / "model.pt").unlink(missing_ok=True)
-    assert main(["demo", "--out", str(tmp_path / "out"), "--cases", "1", "--kinds", "ctp", "--bundles", str(root)]) == 1
+    assert main(["demo", "--out", str(tmp_path / "out"), "--cases", "1", "--kinds", "ctp", "--bundles", str(root), "--small"]) == 1
     out, err = capsys.readouterr()
     assert "NO WEIGHTS" in out and "model.pt" in out and "NOT run" in out
     assert "NOT COMPLETE: ctp (no_weights)" in err
@@ -166,7 +166,7 @@ def test_demo_summary_structure_with_a_random_weight_bundle(tmp_path, capsys, mo
     monkeypatch.setattr(demo, "PROGRESS_EVERY_S", 0.5)  # the run takes seconds: several progress lines
     root = tmp_path / "bundles"
     make_random_bundle("isles2018_ctp_stroke_segmentation", root, FAST["isles2018_ctp_stroke_segmentation"])
-    assert main(["demo", "--out", str(tmp_path / "out"), "--cases", "1", "--kinds", "ctp", "--bundles", str(root), "--threads", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "out"), "--cases", "1", "--kinds", "ctp", "--bundles", str(root), "--threads", "1", "--small"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(summary) >= {"seconds", "cases_per_bundle", "seed", "kinds"}
     (entry,) = summary["kinds"]
