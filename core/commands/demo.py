@@ -1,9 +1,9 @@
 """`ctbundles demo`: the main job on data the project generates itself.
 
 For each bundle it writes a synthetic cohort of clinical-size scans (``--small``: coarse presets)
-of the kind the bundle expects (``ctbundles synth``: head CT for the ICAC bundle, chest CT for the DenseRAUnet bundle, cardiac CT in the
-orCaScore layout for the cascade bundle, CT perfusion in the ISLES 2018 layout, stacked to one
-4-channel file per case, for the MS-DCNN bundle), then:
+of the kind the bundle expects (``ctbundles synth``: head CT for the ICAC bundle, chest CT for
+the DenseRAUnet bundle, cardiac CT in the orCaScore layout for the cascade bundle, CT perfusion
+in the ISLES 2018 layout, stacked to one 4-channel file per case, for the MS-DCNN bundle), then:
 
 1. reads every case back through the CT input layer and scores its ground-truth label with the
    project's scoring code (Agatston for chest and cardiac CT, ICAC volume for head CT, lesion volume
