@@ -26,7 +26,7 @@ from ctbundles.datasets.datalist_io import write_datalist_json
 from ctbundles.synthetic.head import generate_head
 
 #: The synthetic training frame (configs/train_synthetic.json: frame_shape, frame_spacing, frame_centre_mm).
-FRAME_SHAPE = (176, 144, 76)
+FRAME_SHAPE = (240, 240, 100)
 FRAME_SPACING = (0.46, 0.46, 1.0)
 FRAME_CENTRE_MM = (0.0, 3.0, -40.0)
 #: Residual misregistration left to the network (a registered head is not exactly on the reference).
