@@ -62,6 +62,11 @@ def test_synthetic_overlay_keeps_the_architecture_and_receptive_field():
     frame = parser.get_parsed_content("frame_shape")
     roi_out = net.output_size(parser.get_parsed_content("val_roi_size"))
     assert all(o >= f for o, f in zip(roi_out, frame))
+    # the cohort, the training overlay and inference_synthetic.json use inference.json's frame, in one window
+    infer = _parser("inference.json", "inference_synthetic.json")
+    assert list(_cohort_script().FRAME_SHAPE) == frame == infer.get_parsed_content("frame_shape") == [240, 240, 100]
+    assert _parser("inference.json").get_parsed_content("frame_shape") == frame
+    assert net.output_size(infer.get_parsed_content("patch_size")) == (244, 244, 100)
 
 
 @pytest.mark.parametrize("epoch, lr", [(1, 1e-3), (24, 1e-3), (25, 1e-4), (36, 1e-4)])
