@@ -150,9 +150,11 @@ def _run_real_head_ct(shared_data, tmp_path, register: bool) -> float:
     ref = nib.load(str(src[0]))
     if register:  # the paper's pipeline: registration, the 240 x 240 x 100 frame in one window
         overlays, small = (), {"patch_size": [325, 325, 136], "overlap": 0.0}
-    else:  # the synthetic training frame, centred on the scan in its own world coordinates
+    else:  # no registration, a frame centred on the scan in its own world coordinates; smaller than
+        # inference_synthetic.json's 240 x 240 x 100 (same spacing) to keep this test short
         centre = ref.affine @ np.append((np.array(ref.shape) - 1) / 2, 1.0)
-        overlays, small = ("inference_synthetic.json",), {"frame_centre_mm": centre[:3].tolist(), "midline_x_mm": None}
+        overlays, small = ("inference_synthetic.json",), {"frame_centre_mm": centre[:3].tolist(), "midline_x_mm": None,
+                                                          "frame_shape": [176, 144, 76], "patch_size": [261, 229, 112]}
     out = tmp_path / "out"
     parser = _parser("inference.json", *overlays)
     parser.update(dict(bundle_root=str(BUNDLE), dataset_dir=str(images), output_dir=str(out), **small))

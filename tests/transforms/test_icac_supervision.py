@@ -54,3 +54,22 @@ def test_split_sides_by_world_x(midline, expected_right):
     assert values[-1] == 2 and set(values) <= {1.0, 2.0}
     seg0 = MetaTensor(torch.zeros(1, 4, 1, 1), affine=torch.as_tensor(affine))
     assert SplitSidesd("pred")({"pred": seg0})["pred"].sum() == 0
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_sampling_classes_hand_computed(as_tensor):
+    from ctbundles.transforms.icac_supervision import SamplingClasses, SamplingClassesd
+
+    lab = -np.ones((1, 9, 1, 1), dtype=np.float32)  # 1D along x: ignored by default
+    lab[0, 4] = 1.0  # ICAC at x = 4
+    lab[0, [2, 3, 6, 7, 8], 0, 0] = 0.0  # supervised non-ICAC (bone) at x = 2, 3, 6, 7, 8
+    conv = torch.as_tensor if as_tensor else np.asarray
+    out = SamplingClasses(margin=(2, 0, 0))(conv(lab))
+    # margin 2: x = 2..6 are near; 2, 3, 6 are bone near ICAC (2), 7, 8 other bone (3), the rest ignored (0)
+    np.testing.assert_array_equal(np.asarray(out).ravel(), [0, 0, 2, 2, 1, 0, 2, 3, 3])
+    assert isinstance(out, torch.Tensor) == as_tensor
+    d = SamplingClassesd("label", margin=(0, 0, 0))({"label": conv(lab)})
+    np.testing.assert_array_equal(np.asarray(d["label_classes"]).ravel(), [0, 0, 3, 3, 1, 0, 3, 3, 3])
+    assert np.asarray(SamplingClasses()(conv(-np.ones((1, 3, 3, 3), np.float32)))).sum() == 0
+    with pytest.raises(ValueError, match="margin"):
+        SamplingClasses(margin=(-1, 0, 0))

@@ -1,10 +1,11 @@
 """Write the synthetic head cohort that the shipped ``models/model.pt`` is trained and evaluated on.
 
-The heads are generated directly on the network frame of ``configs/train_synthetic.json``
-(0.46 x 0.46 x 1 mm voxels, centred at the frame centre (0, 3, -40) mm of the reference head, i.e.
-on the intracranial carotids) with a small residual pose, so the recipe trains without the rigid
-registration to the reference head (``register_to_reference`` false): on 2 CPU cores the
-registration of every case would dominate the run. Every case has at least one plaque per side,
+The heads are generated directly on the network frame of ``configs/inference.json`` (the paper's
+240 x 240 x 100 voxels of 0.46 x 0.46 x 1 mm, centred at (0, 3, -40) mm of the reference head, i.e.
+on the intracranial carotids; Bortsova et al., MICCAI 2017, Sec. 3) with a small residual pose, so
+a training head looks like a registered head and the recipe (``configs/train_synthetic.json``)
+trains without the rigid registration to the reference head (``register_to_reference`` false): on
+2 CPU cores the registration of every case would dominate the run. Every case has at least one plaque per side,
 so that the per-image Dice is defined for every case.
 
 Usage (from the bundle folder)::
@@ -25,8 +26,8 @@ from ctbundles.datasets import nifti_folder
 from ctbundles.datasets.datalist_io import write_datalist_json
 from ctbundles.synthetic.head import generate_head
 
-#: The synthetic training frame (configs/train_synthetic.json: frame_shape, frame_spacing, frame_centre_mm).
-FRAME_SHAPE = (176, 144, 76)
+#: The network frame (inference.json and train_synthetic.json: frame_shape, frame_spacing, frame_centre_mm).
+FRAME_SHAPE = (240, 240, 100)
 FRAME_SPACING = (0.46, 0.46, 1.0)
 FRAME_CENTRE_MM = (0.0, 3.0, -40.0)
 #: Residual misregistration left to the network (a registered head is not exactly on the reference).
