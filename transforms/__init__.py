@@ -41,6 +41,8 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "HUThresholdd": "icac_supervision",
     "SplitSides": "icac_supervision",
     "SplitSidesd": "icac_supervision",
+    "SamplingClasses": "icac_supervision",
+    "SamplingClassesd": "icac_supervision",
     "ToNetworkFrame": "icac_frame",
     "ToNetworkFramed": "icac_frame",
     "FromNetworkFrame": "icac_frame",
