@@ -101,10 +101,13 @@ class SlabDataset(Dataset, Randomizable):
         self.hard_negatives = np.zeros((0, 4), dtype=int)
         if self.hard_negative_fraction > 0:
             if hard_negative_threshold is None:
-                raise ValueError("hard_negative_fraction needs hard_negative_threshold (130 HU in the cached intensity units)")
+                raise ValueError(
+                    "hard_negative_fraction needs hard_negative_threshold (130 HU in the cached intensity units)"
+                )
             found = [
                 self.find_hard_negatives(
-                    data[v][image_key], data[v].get(label_key), hard_negative_threshold, hard_negative_max_area, v, hard_negative_min_peak
+                    data[v][image_key], data[v].get(label_key), hard_negative_threshold,
+                    hard_negative_max_area, v, hard_negative_min_peak,
                 )
                 for v in range(len(data))
             ]
@@ -126,10 +129,10 @@ class SlabDataset(Dataset, Randomizable):
     def find_hard_negatives(
         image, label, threshold: float, max_area: int, volume_index: int = 0, min_peak: float | None = None
     ) -> np.ndarray:
-        """(N, 4) rows (volume_index, z, x, y), sorted: the rounded centroids of the 2D 8-connected components
-        of each slice of ``image[0] >= threshold`` with ``1 <= area <= max_area`` pixels, a peak of at
-        least ``min_peak`` (default ``threshold``) and no nonzero ``label`` pixel (``label`` may be
-        None). ``image`` and ``label`` are (C, X, Y, Z)."""
+        """(N, 4) rows (volume_index, z, x, y), sorted: the rounded centroids of the 2D 8-connected
+        components of each slice of ``image[0] >= threshold`` with ``1 <= area <= max_area`` pixels,
+        a peak of at least ``min_peak`` (default ``threshold``) and no nonzero ``label`` pixel
+        (``label`` may be None). ``image`` and ``label`` are (C, X, Y, Z)."""
         img = np.asarray(image[0].detach().cpu() if isinstance(image, torch.Tensor) else image[0])
         bright = img >= threshold
         structure = np.zeros((3, 3, 3), dtype=bool)
@@ -153,7 +156,8 @@ class SlabDataset(Dataset, Randomizable):
         keep = np.nonzero((area >= 1) & (area <= max_area) & (peak >= floor) & ~labelled)[0]
         keep = keep[keep > 0]
         a = area[keep]
-        rows = np.stack([np.full(len(keep), volume_index), np.rint(cz[keep] / a), np.rint(cx[keep] / a), np.rint(cy[keep] / a)], axis=1)
+        centroids = [np.rint(c[keep] / a) for c in (cz, cx, cy)]
+        rows = np.stack([np.full(len(keep), volume_index), *centroids], axis=1)
         rows = rows.astype(int)
         return rows[np.lexsort(rows.T[::-1])]  # sorted by (z, x, y)
 
