@@ -8,7 +8,9 @@ grid so that a 2-core CPU can train on them (bundle README, Performance and devi
 
 Case ``i`` of a cohort uses generator seed ``seed + i``; the seeds used for ``models/model.pt`` are
 0-39 (training, chest), 1000-1023 (held-out chest test) and 2000-2023 (held-out cardiac test); the
-0.2.0 figures were first measured on the 12-case cohorts 1000-1011 and 2000-2011.
+0.2.0 figures were first measured on the 12-case cohorts 1000-1011 and 2000-2011. The error analysis
+behind version 0.4.0 used validation cases only: fold 0 of the training cohort plus chest seeds
+4000-4007 (``--cases 8 --seed 4000``) and cardiac seeds 3000-3011 (``--cases 12 --seed 3000``).
 
 Usage (from the bundle folder)::
 
