@@ -325,7 +325,7 @@ def test_export_runs_from_its_own_folder_without_ctbundles(icac_export, tmp_path
     # Small overrides: no registration, an 8 x 8 x 4 network frame and the patch that covers it in one pass.
     proc = run_blocked(folder, [
         "run", "--config_file", "configs/inference.json", "--dataset_dir", str(data), "--output_dir", str(out),
-        "--register_to_reference", "false", "--frame_shape", "[8,8,4]", "--frame_spacing", "[1.8,1.8,2.5]",
+        "--register_to_reference", "False", "--frame_shape", "[8,8,4]", "--frame_spacing", "[1.8,1.8,2.5]",
         "--patch_size", "[92,92,40]", "--overlap", "0",
     ], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -365,7 +365,7 @@ def test_onnx_parity_icac(icac_export, tmp_path):
 
 # A tiny synthetic case per bundle and the overrides that keep its inference small.
 SMALL_RUNS = {
-    "icac_ct_segmentation": ("head", ["--register_to_reference", "false", "--frame_shape", "[8,8,4]", "--frame_spacing", "[1.8,1.8,2.5]", "--patch_size", "[92,92,40]", "--overlap", "0"]),
+    "icac_ct_segmentation": ("head", ["--register_to_reference", "False", "--frame_shape", "[8,8,4]", "--frame_spacing", "[1.8,1.8,2.5]", "--patch_size", "[92,92,40]", "--overlap", "0"]),
     "cac_chest_cardiac_ct_segmentation": ("chest", ["--in_plane_size", "[64,64]", "--slab_batch_size", "4", "--refuse_findings", "[]"]),
     "cac_orcascore_cascade_ct_segmentation": ("cardiac", []),
     "isles2018_ctp_stroke_segmentation": ("ctp", ["--roi_size", "[64,64]"]),
