@@ -10,6 +10,9 @@
   component, and the windows' outputs placed back into the full slice (Sect. 3.2.3, Figs. 6-7).
 * :class:`PredictedCandidatesd`: the false-positive stage's training candidates, the calcification
   network's predicted voxels and the reference calcium (Sect. 3.1).
+* :func:`lesion_sampling_weights`, :class:`LesionSamplingWeightsd`: patch-centre weights that give every
+  reference lesion (not every voxel) the same chance, per artery, plus bright non-calcium voxels (for
+  MONAI ``RandWeightedCropd``; a training-sampling choice of this project, not the paper's).
 * :func:`select_histogram_reference`: the histogram reference, the training slice with the best F1
   in an initial heart segmentation (Sect. 3.2.1).
 
@@ -48,6 +51,9 @@ __all__ = [
     "paste_crops",
     "FalsePositiveCropsd",
     "PredictedCandidatesd",
+    "lesion_sampling_weights",
+    "fold_to_patch_centres",
+    "LesionSamplingWeightsd",
     "slice_f1",
     "select_histogram_reference",
 ]
@@ -460,6 +466,116 @@ class PredictedCandidatesd(MapTransform):
             cand |= (_numpy(d[self.label_key])[0] > 0) & bright
         for key in self.keys:  # new items: written whether or not they exist
             d[key] = _like(cand[None].astype(np.float32), d[self.image_key])
+        return d
+
+
+# ------------------------------------------------------------------ lesion-balanced patch sampling
+def lesion_sampling_weights(label, bright, class_weights: Sequence[float], negative_fraction: float = 0.2) -> np.ndarray:
+    """Patch-centre weights that sample reference lesions, not reference voxels, uniformly (per class).
+
+    Not in Araujo et al. (their Sect. 3.1 samples whole slices): on a small training set, voxel-weighted
+    centres (MONAI ``RandCropByPosNegLabeld``) draw a 30-voxel plaque 30 times as often as a 1-voxel
+    one, and small, faint lesions are the ones a stage-2 network misses. Lesions are the 3D 6-connected
+    components of ``label > 0`` (the whole labelled plaque: a faint lesion of 131-175 HU is darker than
+    the 130 HU threshold after histogram matching, so ``bright`` must not decide what a lesion is); a
+    lesion of class ``c`` (its most frequent label) gets the total weight ``class_weights[c]``, spread
+    evenly over its voxels. Bright voxels without a label (bone, aortic and valve calcium, noise: the
+    hard negatives) share ``negative_fraction`` of the total weight evenly. Without any lesion the
+    bright voxels take all the weight; without bright voxels every voxel has weight 1.
+
+    Args:
+        label: integer label array (any dimensionality; 0 = background).
+        bright: boolean array of the same shape (voxels above the lesion threshold: the negatives).
+        class_weights: weight of one lesion of each class, indexed by label value (index 0 unused).
+        negative_fraction: share of the total weight on bright unlabelled voxels, in [0, 1).
+
+    Returns:
+        float64 weights of the shape of ``label``.
+    """
+    lab, bright = np.asarray(label).astype(np.int64), np.asarray(bright).astype(bool)
+    if lab.shape != bright.shape:
+        raise ValueError(f"label {lab.shape} and bright {bright.shape} must have the same shape")
+    if not 0.0 <= negative_fraction < 1.0:
+        raise ValueError(f"negative_fraction must be in [0, 1), got {negative_fraction}")
+    cw = np.asarray(class_weights, np.float64)
+    if lab.max(initial=0) >= cw.size:
+        raise ValueError(f"label value {lab.max()} has no entry in class_weights {list(cw)}")
+    weights = np.zeros(lab.shape, np.float64)
+    pos = lab > 0
+    ids, n = ndimage.label(pos, structure=ndimage.generate_binary_structure(lab.ndim, 1))
+    if n:
+        counts = np.zeros((n + 1, cw.size), np.int64)
+        np.add.at(counts, (ids[pos], lab[pos]), 1)
+        size = counts.sum(axis=1)
+        mass = cw[counts.argmax(axis=1)]
+        weights[pos] = mass[ids[pos]] / size[ids[pos]]
+    neg = bright & (lab == 0)
+    total = weights.sum()
+    if total > 0:
+        if neg.any() and negative_fraction > 0:
+            weights[neg] = negative_fraction / (1.0 - negative_fraction) * total / neg.sum()
+    elif neg.any():
+        weights[neg] = 1.0
+    else:
+        weights[:] = 1.0
+    return weights
+
+
+def fold_to_patch_centres(weights, spatial_size: Sequence[int]) -> np.ndarray:
+    """Moves every voxel's weight onto the nearest patch centre that MONAI ``RandWeightedCropd`` can draw.
+
+    ``RandWeightedCropd`` (``monai.transforms.utils.weighted_patch_samples``) only draws centres whose whole
+    patch lies inside the image (per axis ``[w // 2, m - w + w // 2)`` for a patch ``w`` of an axis of length
+    ``m > w``; ``m // 2`` when ``m <= w``) and ignores the weight elsewhere: a lesion closer to the border
+    than half a patch would never be drawn. Clipping each voxel's index into that range keeps its weight on
+    the centre of a patch that contains it (as ``RandCropByPosNegLabeld`` shifts its centres; the last
+    index of an axis with ``m > w`` is reachable by no centre and goes to the nearest one).
+    """
+    w = np.asarray(weights, np.float64)
+    size = [int(v) for v in spatial_size]
+    if len(size) != w.ndim:
+        raise ValueError(f"spatial_size {size} must have one entry per axis of weights {w.shape}")
+    idx = np.nonzero(w)
+    clipped = []
+    for i, win, m in zip(idx, size, w.shape):
+        lo, hi = (win // 2, m - win + win // 2 - 1) if m > win else (m // 2, m // 2)
+        clipped.append(np.clip(i, lo, hi))
+    out = np.zeros_like(w)
+    np.add.at(out, tuple(clipped), w[idx])
+    return out
+
+
+class LesionSamplingWeightsd(MapTransform):
+    """Writes :func:`lesion_sampling_weights` of ``label_key`` / ``image_key`` as a ``(1, ...)`` float map
+    under ``keys``, the ``w_key`` of MONAI ``RandWeightedCropd``. ``bright`` is ``image_key > image_threshold``
+    (on the network's input scale: the 130 HU threshold after matching and scaling). With ``spatial_size``
+    (the crop's patch size) the weights are moved onto the centres ``RandWeightedCropd`` can draw
+    (:func:`fold_to_patch_centres`), so lesions near the border of the ROI crop keep their share."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        image_key: str = "image",
+        image_threshold: float = 0.0,
+        class_weights: Sequence[float] = (0.0, 1.0, 1.0, 1.0),
+        negative_fraction: float = 0.2,
+        spatial_size: Sequence[int] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key, self.image_key, self.image_threshold = label_key, image_key, float(image_threshold)
+        self.spatial_size = None if spatial_size is None else [int(v) for v in spatial_size]
+        self.class_weights, self.negative_fraction = [float(w) for w in class_weights], float(negative_fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        label, image = _numpy(d[self.label_key])[0], _numpy(d[self.image_key])[0]
+        w = lesion_sampling_weights(np.rint(label), image > self.image_threshold, self.class_weights, self.negative_fraction)
+        if self.spatial_size is not None:
+            w = fold_to_patch_centres(w, self.spatial_size)
+        for key in self.keys:
+            d[key] = _like(w[None].astype(np.float32), d[self.label_key])
         return d
 
 

@@ -258,6 +258,36 @@ def test_synthetic_recipe_stage2_label_sampling_and_schedule(cohort):
     assert (sched.step_size, sched.gamma, sched.optimizer.param_groups[0]["lr"]) == (1000, 0.5, 1e-3)
 
 
+def test_lesion_balanced_overlay_samples_every_lesion_and_keeps_the_schedule(cohort):
+    """train_lesion_balanced.json (0.4.0 stage 2, Deviations 12): patch centres per reference lesion
+    (RCA twice), bright unlabelled voxels 1 in 5, 64 x 64 patches, Adam lr 3e-4 halved every 1000
+    iterations, no in-training pixel-F1 validation, a checkpoint every 10 epochs."""
+    from monai.transforms import Compose
+    from scipy import ndimage
+
+    files = [TRAIN, str(CONFIGS / "train_synthetic.json"), str(CONFIGS / "train_lesion_balanced.json")]
+    p = parser_for(files, bundle_root=str(BUNDLE), dataset_dir=str(cohort), histogram_reference="$None")
+    weights_t, crop, *_ = p.get_parsed_content("sampler")
+    assert weights_t.class_weights == [0.0, 1.0, 1.0, 2.0] and weights_t.negative_fraction == 0.2
+    assert tuple(crop.cropper.spatial_size) == (64, 64, 1) and crop.cropper.num_samples == 4
+    item = p.get_parsed_content("datalist")[0]
+    d = Compose(p.get_parsed_content("deterministic_transforms"))(dict(item))
+    w = weights_t(d)["sample_weight"][0].numpy()
+    lab = np.rint(d["label"][0].numpy()).astype(int)
+    ids, n = ndimage.label(lab > 0, ndimage.generate_binary_structure(3, 1))
+    assert n > 0
+    # every lesion's weight is its class weight (up to the move onto reachable centres), negatives 1/5
+    expected_pos = sum([0.0, 1.0, 1.0, 2.0][np.bincount(lab[ids == i]).argmax()] for i in range(1, n + 1))
+    assert w.sum() == pytest.approx(expected_pos / 0.8, rel=1e-5)
+    patches = Compose(p.get_parsed_content("sampler"))(d)
+    assert len(patches) == 4 and all(tuple(x["image"].shape) == (1, 64, 64) and "sample_weight" not in x for x in patches)
+    sched = p.get_parsed_content("lr_scheduler")
+    assert (sched.step_size, sched.gamma, sched.optimizer.param_groups[0]["lr"]) == (1000, 0.5, 3e-4)
+    handlers = [type(h).__name__ for h in p.get_parsed_content("train#handlers")]
+    assert handlers == ["LrScheduleHandler", "CheckpointSaver", "StatsHandler"]
+    assert p.get_parsed_content("train#handlers")[1].save_interval == 10
+
+
 def test_synthetic_recipe_stage3_windows_on_stage2_candidates_from_whole_slice(cohort, tmp_path):
     """train_fp_synthetic.json: candidates = the stage-2 network's predictions > 130 HU plus the reference
     calcium > 130 HU (paper Sect. 3.1), on the whole slice (no ROI crop); 96 x 96 windows as in inference."""

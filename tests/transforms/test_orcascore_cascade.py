@@ -14,11 +14,14 @@ from ctbundles.transforms.orcascore_cascade import (
     HeartROIPasted,
     HistogramMatch,
     HistogramMatchd,
+    LesionSamplingWeightsd,
     PredictedCandidatesd,
     component_crop_boxes,
     crop_to_box,
     extract_crops,
+    fold_to_patch_centres,
     heart_roi_box,
+    lesion_sampling_weights,
     paste_box,
     paste_crops,
 )
@@ -221,6 +224,75 @@ def test_predicted_candidates_are_prediction_or_label_above_130_hu(roi_size):
     only = t({"image": torch.as_tensor(image), "image_hu": hu, "label": label})["candidates"][0].numpy() > 0
     expected[4, 4, 1] = False
     np.testing.assert_array_equal(only, expected)
+
+
+# ------------------------------------------------------------------ lesion-balanced patch sampling
+def _two_lesions():
+    # 6 x 6 x 2: a 1-voxel LAD lesion and an 8-voxel RCA lesion (2 x 2 x 2), one bright unlabelled voxel
+    label = np.zeros((6, 6, 2), np.int64)
+    label[0, 0, 0] = 1
+    label[3:5, 3:5, :] = 3
+    bright = label > 0
+    bright[5, 0, 1] = True
+    return label, bright
+
+
+def test_lesion_weights_give_each_lesion_its_class_weight():
+    label, bright = _two_lesions()
+    w = lesion_sampling_weights(label, bright, [0.0, 1.0, 1.0, 2.0], negative_fraction=0.2)
+    # LAD lesion: mass 1 on 1 voxel; RCA lesion: mass 2 over 8 voxels; negatives: 0.2 / 0.8 * 3 = 0.75
+    assert w[0, 0, 0] == pytest.approx(1.0)
+    np.testing.assert_allclose(w[3:5, 3:5, :], 0.25)
+    assert w[5, 0, 1] == pytest.approx(0.75)
+    assert w.sum() == pytest.approx(3.75)
+    assert w[label + bright == 0].sum() == 0.0
+    # share of draws: LAD 1/3.75, RCA 2/3.75, negatives 0.2 (voxel-weighted sampling would give LAD 1/10)
+    assert w[label == 1].sum() / w.sum() == pytest.approx(0.2667, abs=1e-4)
+
+
+def test_lesion_weights_faint_lesion_counts_without_bright_and_fallbacks():
+    label, bright = _two_lesions()
+    bright[0, 0, 0] = False  # a lesion darker than the bright threshold is still a lesion
+    w = lesion_sampling_weights(label, bright, [0, 1, 1, 1], negative_fraction=0.0)
+    assert w[0, 0, 0] == pytest.approx(1.0) and w[5, 0, 1] == 0.0
+    # no lesion: every bright voxel weight 1; nothing bright: every voxel weight 1
+    np.testing.assert_array_equal(lesion_sampling_weights(np.zeros((3, 3)), np.eye(3, dtype=bool), [0, 1]), np.eye(3))
+    np.testing.assert_array_equal(lesion_sampling_weights(np.zeros((2, 2)), np.zeros((2, 2), bool), [0, 1]), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="class_weights"):
+        lesion_sampling_weights(label, bright, [0, 1])
+    with pytest.raises(ValueError, match="negative_fraction"):
+        lesion_sampling_weights(label, bright, [0, 1, 1, 1], negative_fraction=1.0)
+
+
+def test_fold_to_patch_centres_moves_border_weight_onto_drawable_centres():
+    # axis of 10 with a patch of 4: RandWeightedCropd draws centres 2..7 (slice(2, 8)); axis of 3 <= 5: only 1
+    w = np.zeros((10, 3))
+    w[0, 0], w[5, 2], w[9, 1] = 1.0, 2.0, 4.0
+    out = fold_to_patch_centres(w, (4, 5))
+    expected = np.zeros((10, 3))
+    expected[2, 1], expected[5, 1], expected[7, 1] = 1.0, 2.0, 4.0
+    np.testing.assert_array_equal(out, expected)
+    from monai.transforms.utils import weighted_patch_samples
+
+    centres = weighted_patch_samples((4, 5), out, n_samples=200, r_state=np.random.RandomState(0))
+    assert {tuple(int(v) for v in c) for c in centres} == {(2, 1), (5, 1), (7, 1)}
+
+
+def test_lesion_weights_dict_with_rand_weighted_crop():
+    from monai.transforms import Compose, DeleteItemsd, RandWeightedCropd
+
+    label, bright = _two_lesions()
+    image = np.where(bright, 0.9, 0.1).astype(np.float32)[None]
+    data = {"image": MetaTensor(torch.as_tensor(image)), "label": MetaTensor(torch.as_tensor(label[None].astype(np.float32)))}
+    t = LesionSamplingWeightsd("w", image_threshold=0.5, class_weights=[0, 1, 1, 2], negative_fraction=0.2, spatial_size=(6, 6, 1))
+    w = t(data)["w"]
+    assert isinstance(w, MetaTensor) and tuple(w.shape) == (1, 6, 6, 2)
+    # a 6 x 6 patch fits only at (3, 3); every weight is on z = 0 or z = 1 of that column (3.75 in all)
+    np.testing.assert_allclose(w[0, 3, 3].numpy().sum(), 3.75, rtol=1e-6)
+    crop = Compose([t, RandWeightedCropd(["image", "label"], "w", (6, 6, 1), num_samples=3), DeleteItemsd("w")])
+    crop.set_random_state(0)
+    out = crop(data)
+    assert len(out) == 3 and all("w" not in o and tuple(o["image"].shape) == (1, 6, 6, 1) for o in out)
 
 
 # ------------------------------------------------------------------ histogram reference selection
