@@ -1,9 +1,10 @@
 """`ctbundles demo`: the main job on data the project generates itself.
 
-For each bundle it writes a synthetic cohort of clinical-size scans (``--small``: coarse presets)
-of the kind the bundle expects (``ctbundles synth``: head CT for the ICAC bundle, chest CT for
-the DenseRAUnet bundle, cardiac CT in the orCaScore layout for the cascade bundle, CT perfusion
-in the ISLES 2018 layout, stacked to one 4-channel file per case, for the MS-DCNN bundle), then:
+For each bundle it writes a synthetic cohort of the scans the bundle expects (``ctbundles synth``:
+head CT for the ICAC bundle, chest CT for the DenseRAUnet bundle, cardiac CT in the orCaScore
+layout for the cascade bundle, CT perfusion in the ISLES 2018 layout, stacked to one 4-channel
+file per case, for the MS-DCNN bundle), on the grid the bundle's shipped weights were trained on
+(``KINDS``; ``--small``: the coarse presets), then:
 
 1. reads every case back through the CT input layer and scores its ground-truth label with the
    project's scoring code (Agatston for chest and cardiac CT, ICAC volume for head CT, lesion volume
@@ -32,12 +33,20 @@ from pathlib import Path
 from ctbundles.errors import CTInputError
 
 #: kind -> the bundle that reads it, the layout its cohort is written in, the figure compared with
-#: the generator's truth, and the key of that figure in the bundle's own per-case report.
+#: the generator's truth, the key of that figure in the bundle's own per-case report, and the
+#: generator options of the demo's scans: the grid of the synthetic cohort the bundle's shipped
+#: weights were trained on (each bundle README, "Performance"): the cascade's 128 x 128 x 40 cardiac
+#: scans of 1.2 x 1.2 x 3 mm (``ctbundles synth cardiac --small``), the DenseRAUnet's 256 x 256 x 48
+#: chest scans of 1 x 1 x 2.5 mm (its ``scripts/make_synthetic_cohorts.py``), raw clinical-size posed
+#: heads that the ICAC bundle registers to its 0.46 mm network frame, and ISLES 2018's 256 x 256 slabs.
 KINDS = {
-    "cardiac": {"bundle": "cac_orcascore_cascade_ct_segmentation", "layout": "orcascore", "figure": "agatston", "report_key": "agatston"},
-    "chest": {"bundle": "cac_chest_cardiac_ct_segmentation", "layout": "nifti", "figure": "agatston", "report_key": "agatston"},
-    "head": {"bundle": "icac_ct_segmentation", "layout": "nifti", "figure": "total_mm3", "report_key": "total_mm3"},
-    "ctp": {"bundle": "isles2018_ctp_stroke_segmentation", "layout": "isles2018", "figure": "lesion_volume_ml", "report_key": "volume_ml"},
+    "cardiac": {"bundle": "cac_orcascore_cascade_ct_segmentation", "layout": "orcascore", "figure": "agatston", "report_key": "agatston",
+                "grid": {"small": True}},
+    "chest": {"bundle": "cac_chest_cardiac_ct_segmentation", "layout": "nifti", "figure": "agatston", "report_key": "agatston",
+              "grid": {"shape": (256, 256, 48), "spacing": (1.0, 1.0, 2.5)}},
+    "head": {"bundle": "icac_ct_segmentation", "layout": "nifti", "figure": "total_mm3", "report_key": "total_mm3", "grid": {}},
+    "ctp": {"bundle": "isles2018_ctp_stroke_segmentation", "layout": "isles2018", "figure": "lesion_volume_ml", "report_key": "volume_ml",
+            "grid": {}},
 }
 
 
@@ -52,7 +61,7 @@ def add_parser(subparsers):
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="cohort seed (default 0)")
     parser.add_argument("--kinds", default=",".join(KINDS), metavar="K1,K2", help=f"kinds to run (default {','.join(KINDS)})")
     parser.add_argument("--small", action="store_true",
-                        help="coarse small presets of ctbundles synth (a quick smoke test: the shipped weights were trained on clinical-size scans, so the figures are not representative)")
+                        help="the coarse small presets of ctbundles synth for every kind (a quick smoke test; by default each bundle gets scans on the grid its shipped weights were trained on, and only those figures are representative)")
     parser.add_argument("--bundles", default=None, metavar="DIR", help="folder of the bundles (default: the repository's bundles/)")
     parser.add_argument("--no-inference", action="store_true", help="only generate, read back and score the cohorts (step 1)")
     parser.add_argument("--threads", type=int, default=None, metavar="T", help="CPU threads of each bundle run (OMP_NUM_THREADS; default: PyTorch's)")
@@ -184,7 +193,8 @@ def make_cohort(kind: str, out: Path, cases: int, seed: int, small: bool) -> dic
         if not (folder / "truth.csv").is_file():
             raise CTInputError(f"{folder} exists and does not hold a cohort written by ctbundles; choose another --out")
         shutil.rmtree(folder)
-    result = synthesize(kind, folder, cases, seed=seed, layout=spec["layout"], small=small)
+    result = synthesize(kind, folder, cases, seed=seed, layout=spec["layout"], small=small,
+                        options=None if small else spec["grid"])
     truth_by_case = _truth_csv(result["truth_csv"], spec["figure"])
     rows = []
     if kind == "ctp":

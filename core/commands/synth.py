@@ -130,8 +130,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, folds=None, progress=True) -> dict:
+def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, folds=None, progress=True,
+               options: dict | None = None) -> dict:
     """Generate and write a cohort of ``cases`` members; returns {"datalist", "truth_csv", "cases"}.
+
+    ``options`` (keyword options of ``kind``'s generator, e.g. ``shape`` and ``spacing``) replace those
+    that ``shape`` and ``small`` select.
 
     A member is one scan, except for ``ctp`` where it is one patient with one or two slabs (each
     slab its own case, as in ISLES 2018).
@@ -144,7 +148,7 @@ def synthesize(kind, out, cases, seed=0, layout=None, shape=None, small=False, f
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     writer = _writer(layout)
-    options = generator_options(kind, shape, small)
+    options = dict(options) if options is not None else generator_options(kind, shape, small)
     rows, records = [], []
     label_names: dict = {}
     number = 0

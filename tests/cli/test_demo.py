@@ -44,12 +44,32 @@ def test_demo_rejects_unknown_kind(tmp_path, capsys):
     assert "knee" in capsys.readouterr().err
 
 
-def test_demo_default_cohort_is_clinical_size(tmp_path):
-    """Without --small the scans have the protocol's clinical grid (the resolution of the shipped weights)."""
+def _bundle_script(bundle: str, name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bundles" / bundle / "scripts" / name
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_scans_are_on_the_grid_the_shipped_weights_were_trained_on(tmp_path):
+    """Without --small each kind's scans have its bundle's training grid (cardiac and chest written and read back)."""
     import SimpleITK as sitk
 
-    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--kinds", "cardiac", "--no-inference"]) == 0
+    from ctbundles.commands.demo import KINDS
+    from ctbundles.synthetic.chest_cardiac import PROTOCOLS
+
+    chest_grid = _bundle_script("cac_chest_cardiac_ct_segmentation", "make_synthetic_cohorts.py").GRIDS["chest"]
+    assert (KINDS["chest"]["grid"]["shape"], KINDS["chest"]["grid"]["spacing"]) == chest_grid
+    assert KINDS["cardiac"]["grid"] == {"small": True}  # the cascade's cohorts: ctbundles synth cardiac --small
+    assert main(["demo", "--out", str(tmp_path), "--cases", "1", "--kinds", "cardiac,chest", "--no-inference"]) == 0
     (image,) = sorted((tmp_path / "cardiac" / "Training" / "Images").glob("*.mhd"))
     scan = sitk.ReadImage(str(image))
-    assert scan.GetSize()[:2] == (512, 512)
-    assert 0.4 <= scan.GetSpacing()[0] <= 0.41 and scan.GetSpacing()[2] == 3.0  # cardiac protocol: 0.4 mm pixels, 3 mm slices
+    small = PROTOCOLS["cardiac"]["small"]
+    assert scan.GetSize() == small["shape"] and scan.GetSpacing() == pytest.approx(small["spacing"])
+    (chest,) = sorted((tmp_path / "chest" / "imagesTr").glob("*.nii.gz"))
+    scan = sitk.ReadImage(str(chest))
+    assert scan.GetSize() == chest_grid[0] and scan.GetSpacing() == pytest.approx(chest_grid[1])
