@@ -86,7 +86,7 @@ def test_bundle_inference_writes_predictions_on_the_input_grid(tmp_path, bundle)
 
 def test_required_weights_follow_the_checkpoint_loaders(tmp_path):
     cascade = required_weights(BUNDLES / "cac_orcascore_cascade_ct_segmentation")
-    assert [p.name for p in cascade] == ["model.pt", "model_roi.pt", "model_fp.pt"]  # use_fp_stage is on as shipped (0.3.0)
+    assert [p.name for p in cascade] == ["model.pt", "model_roi.pt", "model_fp.pt"]  # use_fp_stage is on as shipped (since 0.3.0)
     # the chest bundle's loader turns itself off when model.pt is missing: it is still required
     assert [p.name for p in required_weights(BUNDLES / "cac_chest_cardiac_ct_segmentation")] == ["model.pt"]
     copy = tmp_path / "cascade"
