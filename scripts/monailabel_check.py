@@ -24,11 +24,12 @@ ship ``models/model.pt``) it
 
 Usage (from the repository root)::
 
-    python scripts/monailabel_check.py --work /tmp/monailabel_check [--bundles B1 B2 ...] [--full-size]
+    python scripts/monailabel_check.py --work /tmp/monailabel_check [--bundles B1 B2 ...] [--small]
 
-The generated cases are the small presets of ``ctbundles synth`` unless ``--full-size`` is given
-(clinical-size scans; the orCaScore cascade's ``train.json`` pads the small cardiac preset's
-128 x 128 slices to its 256 x 256 training patch).
+The generated cases are those of the main job (``ctbundles demo``): each bundle's scans on the grid
+its shipped weights were trained on (``ctbundles.commands.demo.KINDS``); ``--small`` uses the coarse
+presets of ``ctbundles synth`` instead (the orCaScore cascade's ``train.json`` pads the small cardiac
+preset's 128 x 128 slices to its 256 x 256 training patch).
 
 Exit status 0 when every bundle served, inferred and trained.
 """
@@ -167,7 +168,7 @@ def setup_venv(venv: Path) -> Path:
     return python
 
 
-def write_cases(bundle: str, studies: Path, work: Path, n: int = 2, small: bool = True) -> list[dict]:
+def write_cases(bundle: str, studies: Path, work: Path, n: int = 2, small: bool = False) -> list[dict]:
     """Generate ``n`` cases of the bundle's kind into the local datastore (image + labels/final)."""
     import nibabel as nib
     import numpy as np
@@ -270,7 +271,7 @@ def serve_and_check(bundle: Path, work: Path, python: str, a) -> dict:
     (app / "model").mkdir(parents=True)
     (app / "main.py").write_text(MAIN_PY)
     shutil.copytree(bundle, app / "model" / bundle.name, ignore=shutil.ignore_patterns("eval", "__pycache__"))
-    cases = write_cases(bundle.name, studies, work, small=not a.full_size)
+    cases = write_cases(bundle.name, studies, work, small=a.small)
     log(f"{bundle.name}: {len(cases)} generated case(s) in {studies}")
 
     port = free_port()
@@ -322,7 +323,7 @@ def main(argv=None) -> int:
     p.add_argument("--venv", default=None, help="virtual environment (default <work>/venv; reused when ready)")
     p.add_argument("--bundles", nargs="*", default=None, help="bundle folders (default: bundles/* with models/model.pt)")
     p.add_argument("--train-timeout", type=float, default=1800, help="seconds to wait for the one training epoch")
-    p.add_argument("--full-size", action="store_true", help="clinical-size generated cases instead of the small presets")
+    p.add_argument("--small", action="store_true", help="the coarse small presets instead of the main job's grids (faster; not representative)")
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the server to answer")
     a = p.parse_args(argv)
     work = Path(a.work).resolve()
