@@ -15,6 +15,7 @@ from ctbundles.transforms.icac_frame import (
     ToNetworkFramed,
     frame_affine,
     from_sitk,
+    initial_alignment,
     register_rigid,
     to_sitk,
 )
@@ -52,6 +53,31 @@ def test_registration_recovers_a_known_rigid_motion(reference):
     for p in [(0.0, 0.0, -40.0), (30.0, 20.0, -50.0), (-40.0, -30.0, 20.0)]:
         err = np.subtract(motion.TransformPoint(found.TransformPoint(p)), p)
         assert np.linalg.norm(err) < 1.0  # mm, on 3 mm voxels
+
+
+def test_initial_alignment_centres_the_head_not_the_field_of_view(reference):
+    """The moments start matches the heads' centres of mass, whatever air surrounds the head.
+
+    The moving scan is the reference shifted by (12, -9, 6) mm (LPS) and placed in a field of view
+    that extends 120 mm further to one side (more air there): the initial translation must be the
+    shift. With air as negative mass (clipped HU without the shift of ``initial_alignment``) the
+    larger field of view pulls the start tens of mm off (session 4: 60-100 mm on posed heads).
+    """
+    fixed = to_sitk(reference.image, reference.affine)
+    shift = sitk.TranslationTransform(3, (12.0, -9.0, 6.0))
+    big = sitk.Image([s + 40 for s in fixed.GetSize()[:1]] + list(fixed.GetSize()[1:]), sitk.sitkFloat32)
+    big.SetSpacing(fixed.GetSpacing())
+    big.SetDirection(fixed.GetDirection())
+    big.SetOrigin(fixed.GetOrigin())  # 40 voxels of 3 mm more air along +index 0
+    moving = sitk.Resample(fixed, big, shift.GetInverse(), sitk.sitkLinear, -1000.0)  # moving(p) = fixed(p - shift)
+    start = initial_alignment(moving, fixed)
+    for p in [(0.0, 0.0, -40.0), (30.0, 20.0, -50.0)]:
+        moved = np.array(start.TransformPoint(p))
+        np.testing.assert_allclose(moved - np.array(p), [12.0, -9.0, 6.0], atol=1.5)  # mm, 3 mm voxels
+    # the same moments on clipped HU with air as negative mass are far off
+    clipped = [sitk.Clamp(sitk.Cast(im, sitk.sitkFloat32), sitk.sitkFloat32, -200.0, 1500.0) for im in (fixed, moving)]
+    naive = sitk.CenteredTransformInitializer(*clipped, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    assert np.linalg.norm(np.subtract(naive.TransformPoint((0.0, 0.0, -40.0)), (12.0, -9.0, 6.0 - 40.0))) > 10.0
 
 
 def test_network_frame_and_back(reference):
