@@ -44,6 +44,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "SamplingClasses": "icac_supervision",
     "SamplingClassesd": "icac_supervision",
     "ToNetworkFrame": "icac_frame",
+    "initial_alignment": "icac_frame",
     "ToNetworkFramed": "icac_frame",
     "FromNetworkFrame": "icac_frame",
     "FromNetworkFramed": "icac_frame",
