@@ -105,14 +105,18 @@ def initial_alignment(moving: sitk.Image, fixed: sitk.Image,
 
 
 def register_rigid(moving: sitk.Image, fixed: sitk.Image, clip_hu: tuple[float, float] = (-200.0, 1500.0),
-                   shrink: Sequence[int] = (4, 2, 1), iterations: int = 200, seed: int = 0) -> sitk.Euler3DTransform:
+                   shrink: Sequence[int] = (4, 2, 1), iterations: int = 200, seed: int = 1) -> sitk.Euler3DTransform:
     """Rigid registration of ``moving`` (a head CT) to ``fixed`` (the reference head).
 
     Returns the Euler 3D transform mapping fixed physical points (LPS mm) to moving ones (the ITK
     convention used by ``sitk.Resample``). Intensities are clipped to ``clip_hu`` (skull and brain
     drive the match); Mattes mutual information, regular-step gradient descent, a moments-based
     initial alignment (``initial_alignment``), a multi-resolution pyramid ``shrink`` with smoothing, fixed sampling seed.
+    ``seed`` must be positive: SimpleITK reads 0 as ``sitkWallClock`` (a new random sampling on every
+    call), which made the registration, and so the ICAC volume, differ between two runs on one scan.
     """
+    if int(seed) <= 0:
+        raise ValueError(f"register_rigid: seed must be a positive integer (0 is SimpleITK's wall-clock seed), got {seed}")
     f = sitk.Clamp(sitk.Cast(fixed, sitk.sitkFloat32), sitk.sitkFloat32, *clip_hu)
     m = sitk.Clamp(sitk.Cast(moving, sitk.sitkFloat32), sitk.sitkFloat32, *clip_hu)
     initial = initial_alignment(m, f, clip_hu)
