@@ -321,7 +321,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/ctbundles_monailabel_check", help="work folder (app, studies, logs)")
     p.add_argument("--venv", default=None, help="virtual environment (default <work>/venv; reused when ready)")
-    p.add_argument("--bundles", nargs="*", default=None, help="bundle folders (default: bundles/* with models/model.pt)")
+    p.add_argument("--bundles", nargs="*", default=None, help="bundle folders or names under bundles/ (default: bundles/* with models/model.pt)")
     p.add_argument("--train-timeout", type=float, default=1800, help="seconds to wait for the one training epoch")
     p.add_argument("--small", action="store_true", help="the coarse small presets instead of the main job's grids (faster; not representative)")
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the server to answer")
@@ -329,7 +329,11 @@ def main(argv=None) -> int:
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if a.bundles:
-        bundles = [Path(b).resolve() for b in a.bundles]
+        # a bundle folder, or the name of one of the repository's bundles
+        bundles = [Path(b).resolve() if Path(b).is_dir() else (REPO / "bundles" / b).resolve() for b in a.bundles]
+        missing = [str(b) for b in bundles if not (b / "configs" / "inference.json").is_file()]
+        if missing:
+            p.error(f"not a bundle folder (no configs/inference.json): {', '.join(missing)}")
     else:
         bundles = [b for b in sorted((REPO / "bundles").iterdir()) if (b / "models" / "model.pt").is_file()]
         skipped = [b.name for b in sorted((REPO / "bundles").iterdir()) if b not in bundles]
