@@ -165,12 +165,16 @@ def run_inference(bundle, dataset_dir, output_dir, log_path, threads: int | None
     return {"returncode": proc.returncode, "seconds": time.perf_counter() - t0, "command": command, "log": str(log_path)}
 
 
+#: file extensions of the segmentations ``SaveImaged`` writes (``<image name>_seg<ext>``)
+SEGMENTATION_EXTENSIONS = (".nii.gz", ".nii", ".mhd", ".nrrd")
+
+
 def written_segmentations(output_dir: str | os.PathLike) -> list[Path]:
     """The segmentations ``SaveImaged`` (postfix ``seg``) has finished writing in ``output_dir``."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(f"_seg{ext}") for ext in (".nii.gz", ".nii", ".mhd", ".nrrd")))
+    return sorted(p for p in folder.iterdir() if p.is_file() and any(p.name.endswith(f"_seg{ext}") for ext in SEGMENTATION_EXTENSIONS))
 
 
 def prediction_file(image_path: str | os.PathLike, output_dir: str | os.PathLike) -> Path | None:
@@ -180,7 +184,7 @@ def prediction_file(image_path: str | os.PathLike, output_dir: str | os.PathLike
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
-    for ext in (".nii.gz", ".nii", ".mhd", ".nrrd"):
+    for ext in SEGMENTATION_EXTENSIONS:
         candidate = Path(output_dir) / f"{name}_seg{ext}"
         if candidate.is_file():
             return candidate
