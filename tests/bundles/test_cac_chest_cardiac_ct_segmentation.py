@@ -382,7 +382,6 @@ def test_shipped_weights_segment_an_unseen_chest_case(unseen_chest_result):
     assert lesions["f1"] >= 0.7, lesions
 
 
-
 STAGE4 = ("train.json", "train_synthetic.json", "train_synthetic_finetune.json", "train_synthetic_stage3.json",
           "train_synthetic_hardneg.json")
 
@@ -409,8 +408,9 @@ def test_stage5_training_label_keeps_the_plaque_rims(calcified_cohort):
     the rule is applied once, to the resized centre slice (CentreSliceThresholdd). On a 128 -> 96
     resize of whole slices (every slice of the two training cases, in order) each stage-5 label is
     exactly the pixels >= 130 HU of the resized image whose nearest-exact region label is set; the
-    stage-4 label (thresholded before the resize) lies inside it and is strictly smaller (60 against 67
-    label pixels on these cases when this was written): it drops the rim pixels that the validation error analysis found missing (docs/README.md, stage 5)."""
+    stage-4 label (thresholded before the resize) lies inside it and is strictly smaller (60 against
+    67 label pixels on these cases when this was written): it drops the rim pixels that the
+    validation error analysis found missing (docs/README.md, stage 5-RIM)."""
     from monai.transforms import Resized
 
     small = {"in_plane_size": [128, 128], "crop_min": 128, "crop_max": 128, "patch_size": [96, 96], "num_workers": 0,
