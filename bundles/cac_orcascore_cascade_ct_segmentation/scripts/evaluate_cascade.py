@@ -102,8 +102,8 @@ def main() -> int:
         out_dir = work / key
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
                "--bundle_root", str(BUNDLE), "--dataset_dir", images, "--output_dir", str(out_dir), "--use_fp_stage", use_fp]
-        for key, value in args.override:
-            cmd += [f"--{key}", value]
+        for name, value in args.override:
+            cmd += [f"--{name}", value]
         t1 = time.time()
         subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         seconds = time.time() - t1
