@@ -9,13 +9,13 @@ works on 2D axial slices.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from monai.inferers import Inferer, sliding_window_inference
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from ctbundles.errors import CTInputError
 from ctbundles.transforms.orcascore_cascade import (
@@ -111,6 +111,11 @@ class OrcaScoreCascadeInferer(Inferer):
             operating point away from the argmax; ``t`` is chosen on the validation fold.
         fp_threshold: the same for stage 3: ``None`` keeps a voxel where stage 3's argmax is calcium, a
             number keeps it where stage 3's p(calcium) exceeds it.
+        calcium_input_transform: ``None``: all three stages see the inferer's input. A callable (e.g. a
+            MONAI ``Compose``) on a ``(1, X, Y, Z)`` volume: stages 2 and 3 see its output while stage 1
+            sees the input as given, for stages trained on differently prepared images (the shipped
+            stage 1 was trained without histogram matching, stages 2-3 with it: ``inference.json``
+            gives stage 1 the unmatched scan and matches the volume here for stages 2-3).
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class OrcaScoreCascadeInferer(Inferer):
         roi_size: Sequence[int] | None = None,
         calcium_threshold: float | None = None,
         fp_threshold: float | None = None,
+        calcium_input_transform: Callable | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("calcium_threshold", calcium_threshold), ("fp_threshold", fp_threshold)):
@@ -144,6 +150,7 @@ class OrcaScoreCascadeInferer(Inferer):
         self.use_fp_stage = require_bool(use_fp_stage, "use_fp_stage", "OrcaScoreCascadeInferer")
         self.divisible = max(int(divisible), 1)
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
+        self.calcium_input_transform = calcium_input_transform
         self.last_roi_boxes: list = []
 
     @torch.no_grad()
@@ -175,6 +182,8 @@ class OrcaScoreCascadeInferer(Inferer):
             box = ((0, nx), (0, ny))
         box = tuple(widen_range(lo, hi, self.min_roi_size, n) for (lo, hi), n in zip(box, (nx, ny)))
         (x0, x1), (y0, y1) = box
+        if self.calcium_input_transform is not None:  # stages 2-3 see their own input (e.g. histogram-matched)
+            vol = convert_to_tensor(self.calcium_input_transform(vol), dtype=vol.dtype, device=vol.device, track_meta=False)
         crop = vol[:, x0:x1, y0:y1].permute(3, 0, 1, 2)  # (Z, 1, h, w)
         # encoder U-Nets halve the size 5 times: pad the crop (value 0 = the lowest intensity) to a multiple
         # of ``divisible`` so the output grid matches the input, then cut the padding off again

@@ -220,6 +220,39 @@ def test_shipped_histogram_reference_is_the_default_and_loads():
     assert ref.min() <= out.min() < out.max() <= ref.max() and (np.diff(out) >= 0).all()  # monotone, in the reference range
 
 
+def test_inference_stage1_sees_the_unmatched_scan_and_stages_2_3_the_matched_one():
+    """Version 0.5.0 (docs/README.md, Performance): stage 1 was trained without histogram matching, so
+    ``inference.json`` gives it the scan only scaled from [-1000, 1500] HU to [0, 1]; ``calcium_input``
+    (the inferer's ``calcium_input_transform``) undoes that scaling, matches the volume to the reference
+    and scales again, which equals the matching-then-scaling that stages 2-3 were trained on
+    (train.json's ``intensity``) for every voxel inside (-1000, 1500) HU."""
+    from monai.transforms import Compose
+
+    from ctbundles.transforms.orcascore_cascade import HistogramMatch
+
+    p = parser_for([str(CONFIGS / "inference.json")], bundle_root=str(BUNDLE))
+    targets = [t["_target_"].rsplit(".", 1)[-1] for t in p["preprocessing"]["transforms"]]
+    assert targets == ["LoadCTd", "EnsureChannelFirstd", "CopyItemsd", "ScaleIntensityRanged", "EnsureTyped"]
+    assert p["inferer"]["calcium_input_transform"] == "@calcium_input"
+    calcium_input = p.get_parsed_content("calcium_input")
+    rng = np.random.default_rng(0)
+    hu = np.clip(rng.normal(40, 25, (1, 48, 48, 6)), -1200, 3000).astype(np.float32)
+    hu[0, :6] = -1000.0 + rng.normal(0, 30, (6, 48, 6))  # air, partly below -1000 (clipped by the scaling)
+    hu[0, 40:44, 10:20] = rng.uniform(200, 1400, (4, 10, 6))  # bone
+    hu[0, 20, 20, 3] = 175.0  # a faint lesion
+    hu = np.round(hu)  # integer HU, as CT stores them (rescaled values keep their order and ties)
+    stage1 = Compose(p.get_parsed_content("preprocessing").transforms[3:4])({"image": hu})["image"]
+    np.testing.assert_allclose(np.asarray(stage1), np.clip((hu + 1000) / 2500, 0, 1), atol=1e-6)
+    train = parser_for([TRAIN], bundle_root=str(BUNDLE))
+    trained_on = np.asarray(Compose(train.get_parsed_content("intensity"))({"image": hu})["image"])
+    got = np.asarray(calcium_input(np.asarray(stage1)))
+    inside = (hu > -1000) & (hu < 1500)
+    np.testing.assert_allclose(got[inside], trained_on[inside], atol=1e-5)
+    assert inside.sum() > 0.9 * hu.size and got.min() >= 0 and got.max() <= 1
+    matched_175 = float(np.asarray(HistogramMatch(BUNDLE / "models" / "histogram_reference.npy")(hu))[0, 20, 20, 3])
+    assert got[0, 20, 20, 3] == pytest.approx((matched_175 + 1000) / 2500, abs=1e-5)
+
+
 def test_training_crops_pad_scans_smaller_than_the_patch():
     """train.json alone (as MONAI Label runs it, without overlays) pads a 128 x 128 scan to the
     256 x 256 training patch before the positive/negative crop instead of failing on it."""

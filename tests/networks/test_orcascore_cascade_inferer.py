@@ -79,6 +79,24 @@ def test_cascade_calcium_threshold_moves_the_operating_point():
     assert int(strict(phantom(), ThresholdNet(0.9)).argmax(1)[0].sum()) == 6
 
 
+def test_calcium_input_transform_feeds_stages_2_and_3_only():
+    """``calcium_input_transform``: stage 1 sees the input as given, stages 2-3 the transformed volume
+    (inference.json: stage 1 unmatched, stages 2-3 histogram-matched). Halving the phantom puts the heart
+    (0.6 -> 0.3) below stage 1's 0.5, so an ROI from the transformed volume would be the whole slice."""
+    halve = lambda v: v * 0.5  # noqa: E731
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.48), calcium_input_transform=halve)
+    label = inferer(phantom(), ThresholdNet(0.45)).argmax(1)[0]
+    assert inferer.last_roi_boxes == [[[40, 80], [50, 90]]]  # stage 1 on the untransformed heart
+    # stage 2 (> 0.45 on the halved volume): coronary 0.5 and aortic 0.465, not the heart (0.3); the bone
+    # (0.5) lies outside the ROI; stage 3 (> 0.48 on the halved volume) removes the aortic voxels
+    expected = torch.zeros(128, 128, 4, dtype=torch.long)
+    expected[60:62, 60:63, 2] = 1
+    assert torch.equal(label, expected)
+    # the same networks without the transform: stage 2 marks the whole heart (0.6 > 0.45) on every slice
+    plain = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), use_fp_stage=False)
+    assert int(plain(phantom(), ThresholdNet(0.45)).argmax(1)[0].sum()) == 40 * 40 * 4
+
+
 def test_cascade_without_heart_uses_whole_slice():
     inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(5.0), fp_network=None)  # never says heart
     label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]

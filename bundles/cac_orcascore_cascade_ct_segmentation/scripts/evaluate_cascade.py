@@ -39,8 +39,8 @@ BUNDLE = Path(__file__).resolve().parents[1]
 
 
 def stage1_scores(items, heart_dir, overrides) -> dict:
-    """Dice of the stage-1 heart masks (shipped ``model_roi.pt``, on the histogram-matched input of
-    ``inference.json``) and the share of reference calcium inside the ROI box."""
+    """Dice of the stage-1 heart masks (shipped ``model_roi.pt``, on the input of ``inference.json``'s
+    ``preprocessing`` with ``overrides``) and the share of reference calcium inside the ROI box."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), **overrides})
@@ -72,11 +72,22 @@ def stage1_scores(items, heart_dir, overrides) -> dict:
             "reference_calcium_inside_roi": inside / calcium if calcium else float("nan")}
 
 
+def _value(text: str):
+    """A command-line value as ``monai.bundle run`` reads it: a number or JSON literal, else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset_dir", required=True, help="held-out cohort in the orCaScore layout")
     ap.add_argument("--heart_dir", default=None, help="the same cohort in the NIfTI layout (heart masks), for stage 1's Dice")
     ap.add_argument("--work_dir", default=None, help="where the segmentations go (default: <out folder>/cascade_work)")
+    ap.add_argument("--override", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="an inference.json value for every run, as on the monai.bundle command line "
+                         "(e.g. --override histogram_reference '$None' --override calcium_threshold 0.75)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -84,11 +95,15 @@ def main() -> int:
     items = build_datalist(args.dataset_dir)["training"]
     work = Path(args.work_dir or Path(args.out).resolve().parent / "cascade_work")
     images = str(Path(args.dataset_dir) / "Training" / "Images")
-    result = {"cases": [i["case_id"] for i in items], "stage1": stage1_scores(items, args.heart_dir, {})}
+    overrides = {key: _value(value) for key, value in args.override}
+    result = {"cases": [i["case_id"] for i in items], "overrides": overrides,
+              "stage1": stage1_scores(items, args.heart_dir, overrides)}
     for key, use_fp in (("stages_1_2", "$False"), ("stages_1_2_3", "$True")):
         out_dir = work / key
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
                "--bundle_root", str(BUNDLE), "--dataset_dir", images, "--output_dir", str(out_dir), "--use_fp_stage", use_fp]
+        for name, value in args.override:
+            cmd += [f"--{name}", value]
         t1 = time.time()
         subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         seconds = time.time() - t1
