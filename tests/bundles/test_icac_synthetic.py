@@ -85,6 +85,21 @@ def test_synthetic_schedules_over_36_epochs(epoch, lr):
     assert "momentum" not in optimizer.param_groups[0]  # the SGD momentum schedule does not apply to Adam
 
 
+@pytest.mark.parametrize("epoch, lr", [(1, 1e-3), (20, 1e-3), (21, 1e-4), (30, 1e-4)])
+def test_registered_overlay_changes_only_the_run_length(epoch, lr):
+    # configs/train_registered.json (session 5, README "Session 5"): 30 epochs, lr / 10 after epoch 20,
+    # validation every 5; the rest is train_synthetic.json's (no registration in training: the
+    # frames are registered by scripts/make_registered_cohort.py), same network and dropout
+    base = _parser("train.json", "train_synthetic.json")
+    parser = _parser("train.json", "train_synthetic.json", "train_registered.json")
+    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (30, 5)
+    v = parser.get_parsed_content("train#handlers#0").values(epoch)
+    assert v["pos_weight"] == 1.0 and v["aux_weight"] == 0.0 and v["lr"] == pytest.approx(lr)
+    for key in ("register_to_reference", "frame_shape", "patch_size", "features", "dropout", "init_ckpt"):
+        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
+    assert parser.get_parsed_content("register_to_reference") is False
+
+
 def test_synthetic_recipe_keeps_the_paper_dropout_warm_starts_and_loads_into_inference():
     parser = _parser("train.json", "train_synthetic.json")
     net = parser.get_parsed_content("network_def")
