@@ -40,6 +40,7 @@ from monai.data import MetaTensor
 
 from ctbundles.datasets import nifti_folder
 from ctbundles.datasets.datalist_io import write_datalist_json
+from ctbundles.metrics.icac_evaluation import dice_counts, dice_score
 from ctbundles.synthetic.head import generate_head
 from ctbundles.transforms.icac_frame import ToNetworkFramed
 
@@ -73,7 +74,8 @@ def register_case(case, framer: ToNetworkFramed):
 
 
 def score(root, pred_dir, case_seeds) -> int:
-    """Print per-case Dice of predicted segmentations against the labels at >= 130 HU, and the mean."""
+    """Print per-case Dice of predicted segmentations against the labels at >= 130 HU, and the mean
+    with the sample SD (ddof 1, as ``evaluate.json``'s ``ctbundles.metrics.icac_evaluation.summarize``)."""
     import nibabel as nib
 
     dices, n_pred, n_ref = [], 0, 0
@@ -82,10 +84,12 @@ def score(root, pred_dir, case_seeds) -> int:
         image = np.asarray(nib.load(f"{root}/{nifti_folder.IMAGES}/{cid}.nii.gz").dataobj)
         ref = (np.asarray(nib.load(f"{root}/{nifti_folder.LABELS}/{cid}.nii.gz").dataobj) > 0) & (image >= 130.0)
         pred = np.asarray(nib.load(f"{pred_dir}/{cid}_seg.nii.gz").dataobj) > 0
-        dices.append(2.0 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1))
-        n_pred, n_ref = n_pred + int(pred.sum()), n_ref + int(ref.sum())
-        print(f"{cid}: Dice {dices[-1]:.3f} ({int(pred.sum())} predicted, {int(ref.sum())} reference voxels)")
-    print(f"mean Dice {np.mean(dices):.3f} +/- {np.std(dices):.3f} over {len(dices)} heads; "
+        _, case_pred, case_ref = dice_counts(pred, ref)
+        dices.append(dice_score(pred, ref, empty=0.0))
+        n_pred, n_ref = n_pred + case_pred, n_ref + case_ref
+        print(f"{cid}: Dice {dices[-1]:.3f} ({case_pred} predicted, {case_ref} reference voxels)")
+    sd = float(np.std(dices, ddof=1)) if len(dices) > 1 else 0.0
+    print(f"mean Dice {np.mean(dices):.3f} +/- {sd:.3f} (sample SD) over {len(dices)} heads; "
           f"{n_pred} predicted, {n_ref} reference voxels")
     return 0
 
