@@ -97,9 +97,18 @@ def initial_alignment(moving: sitk.Image, fixed: sitk.Image,
     posed synthetic heads of 400 x 400 x 150 voxels of 0.5 mm the start was 60-100 mm off, and the
     optimiser recovered from it only for some heads (session 4 diagnosis, bundle README).
     """
-    lo, hi = float(clip_hu[0]), float(clip_hu[1])
-    f = sitk.ShiftScale(sitk.Clamp(sitk.Cast(fixed, sitk.sitkFloat32), sitk.sitkFloat32, lo, hi), -lo, 1.0)
-    m = sitk.ShiftScale(sitk.Clamp(sitk.Cast(moving, sitk.sitkFloat32), sitk.sitkFloat32, lo, hi), -lo, 1.0)
+    return _moments_start(_clamp_hu(moving, clip_hu), _clamp_hu(fixed, clip_hu), clip_hu[0])
+
+
+def _clamp_hu(image: sitk.Image, clip_hu: Sequence[float]) -> sitk.Image:
+    """``image`` as float32 with its HU clipped to ``clip_hu``."""
+    return sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, float(clip_hu[0]), float(clip_hu[1]))
+
+
+def _moments_start(moving: sitk.Image, fixed: sitk.Image, lower: float) -> sitk.Euler3DTransform:
+    """``initial_alignment`` of two images already clipped by ``_clamp_hu`` with lower bound ``lower``."""
+    f = sitk.ShiftScale(fixed, -float(lower), 1.0)
+    m = sitk.ShiftScale(moving, -float(lower), 1.0)
     return sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
 
@@ -117,9 +126,8 @@ def register_rigid(moving: sitk.Image, fixed: sitk.Image, clip_hu: tuple[float, 
     """
     if int(seed) <= 0:
         raise ValueError(f"register_rigid: seed must be a positive integer (0 is SimpleITK's wall-clock seed), got {seed}")
-    f = sitk.Clamp(sitk.Cast(fixed, sitk.sitkFloat32), sitk.sitkFloat32, *clip_hu)
-    m = sitk.Clamp(sitk.Cast(moving, sitk.sitkFloat32), sitk.sitkFloat32, *clip_hu)
-    initial = initial_alignment(m, f, clip_hu)
+    f, m = _clamp_hu(fixed, clip_hu), _clamp_hu(moving, clip_hu)
+    initial = _moments_start(m, f, clip_hu[0])  # initial_alignment on the images clipped once
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     reg.SetMetricSamplingStrategy(reg.REGULAR)
