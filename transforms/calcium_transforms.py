@@ -93,11 +93,11 @@ def _spatial(x, what: str, is_label: bool) -> np.ndarray:
     return arr
 
 
-def _input_warnings(meta: Mapping) -> list[str]:
+def _input_warnings(meta: Mapping, source: str = "input") -> list[str]:
     warnings = meta.get("ct_warnings") or []
     if isinstance(warnings, str):
         warnings = [warnings]
-    return [f"input: {w}" for w in warnings]
+    return [f"{source}: {w}" for w in warnings]
 
 
 def _source(meta: Mapping) -> str | None:
@@ -241,7 +241,9 @@ class ICACVolume(Transform):
     """Intracranial carotid artery calcification volume (Bos et al.; REFERENCES.md section 1).
 
     ``__call__(image, label)`` returns the dict of :func:`icac_volume` (total and per label, with
-    ln(volume + 1)) plus ``source_image``; spacing comes from the image metadata unless given.
+    ln(volume + 1)) plus ``source_image``; spacing comes from the image metadata unless given. The
+    ``ct_warnings`` of the image (prefixed "input:") and of the label ("segmentation:", e.g. a scan
+    that does not cover the network frame) are added to ``warnings``.
     """
 
     def __init__(
@@ -266,7 +268,8 @@ class ICACVolume(Transform):
             threshold_hu=self.threshold_hu,
         )
         meta = _meta(image)
-        report["warnings"] = _input_warnings(meta) + report["warnings"]
+        # the segmentation's own warnings: ``FromNetworkFrame`` notes a scan that does not cover the network frame
+        report["warnings"] = _input_warnings(meta) + _input_warnings(_meta(label), "segmentation") + report["warnings"]
         report["source_image"] = _source(meta)
         return report
 

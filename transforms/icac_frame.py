@@ -36,7 +36,7 @@ from monai.transforms import MapTransform, Transform
 
 from ctbundles.switches import require_bool
 
-__all__ = ["to_sitk", "initial_alignment", "register_rigid", "frame_affine", "ToNetworkFrame", "ToNetworkFramed", "FromNetworkFrame",
+__all__ = ["to_sitk", "initial_alignment", "register_rigid", "frame_affine", "frame_coverage", "coverage_warning", "ToNetworkFrame", "ToNetworkFramed", "FromNetworkFrame",
            "FromNetworkFramed", "DEFAULT_FRAME"]
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -146,6 +146,32 @@ def register_rigid(moving: sitk.Image, fixed: sitk.Image, clip_hu: tuple[float, 
     return sitk.Euler3DTransform(out)
 
 
+def frame_coverage(moving: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> dict[str, Any]:
+    """How much of the network frame the scan covers.
+
+    The paper's scans reach from the aortic arch to the vertex, so the frame around the intracranial
+    carotids always lies inside them (Sec. 3). A routine head CT may start at the skull base: the frame
+    voxels outside the scan are then filled with air, and the network sees the scan's cut edge. Returns
+    ``scan_coverage`` (fraction of frame voxels inside the scan) and ``frame_slices_outside`` (frame
+    slices along z without any scan voxel).
+    """
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    inside = sitk.GetArrayFromImage(sitk.Resample(ones, grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    # SimpleITK arrays are (z, y, x)
+    return {"scan_coverage": float(inside.mean()), "frame_slices_outside": int((inside.max(axis=(1, 2)) == 0).sum())}
+
+
+def coverage_warning(frame_info: Mapping) -> str | None:
+    """The report warning for a frame the scan does not cover completely (None when it does)."""
+    coverage = frame_info.get("scan_coverage")
+    if coverage is None or coverage >= 1.0:
+        return None
+    return (f"the scan covers {100 * coverage:.1f} % of the network frame ({frame_info.get('frame_slices_outside', 0)} "
+            "frame slices lie wholly outside it); the rest is filled with air, so calcification near the scan's edge "
+            "is less reliable (the paper's scans covered the whole frame)")
+
+
 class ToNetworkFrame(Transform):
     """Register a head CT to the reference and resample it onto the network frame (paper Sec. 3).
 
@@ -193,6 +219,7 @@ class ToNetworkFrame(Transform):
             "transform_fixed_parameters": list(transform.GetFixedParameters()),
             "source_affine": source_affine.tolist(),
             "source_shape": list(arr.shape),
+            **frame_coverage(moving, self.grid, transform),
         }
         data = torch.as_tensor(from_sitk(out).copy())
         if isinstance(img, torch.Tensor) and img.ndim == 4 or isinstance(img, np.ndarray) and img.ndim == 4:
@@ -263,6 +290,9 @@ class FromNetworkFrame(Transform):
         if seg.ndim == 4:
             data = data[None]
         meta = {k: v for k, v in seg.meta.items() if k not in ("affine", "icac_frame")} if isinstance(seg, MetaTensor) else {}
+        warning = coverage_warning(info)
+        if warning:
+            meta["ct_warnings"] = list(meta.get("ct_warnings") or []) + [warning]
         return MetaTensor(data, affine=torch.as_tensor(source_affine), meta=meta)
 
 

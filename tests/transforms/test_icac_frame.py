@@ -10,9 +10,11 @@ from monai.data import MetaTensor
 
 from ctbundles.metrics.icac_evaluation import dice_score
 from ctbundles.synthetic.head import reference_head
+from ctbundles.transforms.calcium_transforms import ICACVolume
 from ctbundles.transforms.icac_frame import (
     FromNetworkFrame,
     ToNetworkFramed,
+    coverage_warning,
     frame_affine,
     from_sitk,
     initial_alignment,
@@ -143,3 +145,36 @@ def test_posed_synthetic_head_registers_to_the_shipped_reference():
     for p in ICA_CONTROL_POINTS:  # the carotid course, where the frame must be right
         moved = lps @ np.array(found.TransformPoint(tuple(lps @ p)))
         assert np.linalg.norm(moved - (rot @ p + shift)) < 1.0  # mm (measured: about 0.2 mm)
+
+
+def _slab_scan(z_first_mm: float, n_z: int) -> MetaTensor:
+    """A 2 mm scan of soft tissue over x, y in [-60, 60] mm whose slices start at ``z_first_mm`` (RAS)."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-60.0, -60.0, z_first_mm)
+    return MetaTensor(torch.full((1, 61, 61, n_z), 40.0), affine=torch.as_tensor(affine), meta={"filename_or_obj": "slab.nii.gz"})
+
+
+def test_frame_coverage_counts_the_frame_outside_the_scan():
+    """The frame (30 slices of 2 mm, centres -69 ... -11 mm) against a scan starting at -39 mm: 15 slices lie
+    below it, so half the frame is air and the segmentation carries a warning into the ICAC report."""
+    frame = dict(frame_shape=(20, 20, 30), frame_spacing=(2.0, 2.0, 2.0), frame_centre_mm=(0.0, 0.0, -40.0), register=False)
+    framed = ToNetworkFramed("image", **frame)({"image": _slab_scan(-39.0, 31)})["image"]
+    info = framed.meta["icac_frame"]
+    assert info["frame_slices_outside"] == 15
+    assert info["scan_coverage"] == pytest.approx(0.5)
+    arr = framed[0].numpy()
+    assert np.all(arr[:, :, :15] == -1000.0) and np.allclose(arr[:, :, 15:], 40.0)
+    assert coverage_warning(info).startswith("the scan covers 50.0 % of the network frame (15 frame slices")
+
+    seg = MetaTensor(torch.zeros(1, 20, 20, 30), affine=framed.affine, meta={"icac_frame": info})
+    back = FromNetworkFrame()(seg)
+    assert back.meta["ct_warnings"] == [coverage_warning(info)]
+    hu = _slab_scan(-39.0, 31)
+    report = ICACVolume()(hu, back)
+    assert report["warnings"][0] == "segmentation: " + coverage_warning(info)
+
+    # a scan reaching below the frame covers all of it: no warning
+    full = ToNetworkFramed("image", **frame)({"image": _slab_scan(-79.0, 51)})["image"].meta["icac_frame"]
+    assert full["scan_coverage"] == 1.0 and full["frame_slices_outside"] == 0 and coverage_warning(full) is None
+    assert "ct_warnings" not in FromNetworkFrame()(MetaTensor(torch.zeros(1, 20, 20, 30), affine=framed.affine,
+                                                              meta={"icac_frame": full})).meta
