@@ -13,7 +13,7 @@ file per case, for the MS-DCNN bundle), on the grid the bundle's shipped weights
    only the dataset and output folders), with the trained weights in the bundle's ``models/``;
 3. scores every prediction file the bundle wrote the same way and compares it with the ground
    truth: the figure, the Dice overlap of the predicted and true foreground, and the risk category
-   (chest and cardiac CT).
+   (chest and cardiac CT), and prints the warnings of the bundle's own per-case report.
 
 A bundle without its trained weights is reported as such and not run. It prints one summary per
 bundle and writes ``summary.json``; the exit status is 0 when every read-back matched and every
@@ -160,9 +160,11 @@ def compare_prediction(kind: str, case: dict, prediction: str | None) -> dict:
         row["risk_category_agrees"] = row["risk_category"] == row["truth_risk_category"]
     report = Path(prediction).parent / (Path(case["image"]).name.split(".")[0] + ".json")
     if report.is_file():
-        value = json.loads(report.read_text()).get(KINDS[kind]["report_key"])
+        bundle_report = json.loads(report.read_text())
+        value = bundle_report.get(KINDS[kind]["report_key"])
         row["bundle_report"] = str(report)
         row["bundle_reported"] = None if value is None else float(value)
+        row["bundle_warnings"] = list(bundle_report.get("warnings") or [])
     return row
 
 
@@ -319,6 +321,8 @@ def _print_summary(kind: str, summary: dict) -> None:
             continue
         risk = f"  {row['risk_category']} / {row['truth_risk_category']} ({'agree' if row['risk_category_agrees'] else 'differ'})" if "risk_category" in row else ""
         print(f"   {row['case']:<12} {_fmt(row['predicted'], 16)} {_fmt(row['truth'])} {row['dice']:6.3f}{risk}")
+        for warning in row.get("bundle_warnings", []):
+            print(f"   {'':<12} the bundle's report warns: {warning}")
     extra = f", risk category agreement {inference['risk_category_agreement']}" if "risk_category_agreement" in inference else ""
     print(f"   mean Dice {_fmt(inference['mean_dice'], 0, 3).strip()}{extra}")
 

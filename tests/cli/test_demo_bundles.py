@@ -145,6 +145,26 @@ def test_comparison_of_a_perfect_and_an_empty_prediction(tmp_path, kind):
     assert row["dice"] == 0.0 and row["predicted"] == 0.0 and row["relative_difference"] == -1.0
 
 
+def test_the_bundle_reports_warnings_reach_the_summary(tmp_path, capsys):
+    """The warnings of a bundle's per-case JSON (e.g. the ICAC scan not covering the network frame) are
+    carried into the comparison row and printed under the case."""
+    cohort = demo.make_cohort("head", tmp_path, 1, seed=0, small=True)
+    case = cohort["cases"][0]
+    pred = _perfect_prediction("head", case, tmp_path / "pred")
+    warning = "segmentation: the scan covers 76.0 % of the network frame"
+    (pred.parent / (Path(case["image"]).name.split(".")[0] + ".json")).write_text(
+        json.dumps({"total_mm3": case["truth"], "warnings": [warning]}))
+    row = demo.compare_prediction("head", case, str(pred))
+    assert row["bundle_warnings"] == [warning] and row["bundle_reported"] == pytest.approx(case["truth"])
+    summary = {"seconds": 1.0, "read_back": [{"agrees": True}],
+               "inference": {"status": "ok", "inference_seconds": 1.0, "output_files": [str(pred)], "output_dir": str(pred.parent),
+                             "cases": [row], "mean_dice": row["dice"]}}
+    demo._print_summary("head", summary)
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(case["case"]))
+    assert lines[at + 1].strip() == f"the bundle's report warns: {warning}"
+
+
 def test_a_bundle_without_weights_is_reported_and_the_demo_fails(tmp_path, capsys):
     root = tmp_path / "bundles"
     shutil.copytree(BUNDLES / "isles2018_ctp_stroke_segmentation", root / "isles2018_ctp_stroke_segmentation")
