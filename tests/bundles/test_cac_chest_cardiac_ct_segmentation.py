@@ -474,7 +474,6 @@ def test_stage6_overlay_adds_an_epoch_checkpoint_saver():
     assert p.get_parsed_content("epoch_ckpt_dir") == "/bundle/models/stage6"
 
 
-@pytest.mark.slow  # about 25 s under a load of 7 on the shared 2-core CPU
 def test_stage6_overlay_caps_candidates_and_saves_every_second_epoch(calcified_cohort, tmp_path):
     """configs/train_synthetic_stage6.json (docs/README.md, stage 6): stage 5-RIM's training label
     (the cache keeps the label region, validation scores label AND >= 130 HU), hard-negative
