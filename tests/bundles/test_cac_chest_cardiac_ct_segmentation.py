@@ -309,6 +309,12 @@ def test_synthetic_overlay_keeps_paper_loss_and_network():
           "train_synthetic_stage5.json"],
          {"epochs": 12, "learning_rate": 0.000125, "positive_fraction": 0.75, "lr_step_iterations": 1000,
           "val_interval": 1, "hard_negative_fraction": 0.3}),
+        # stage 6: stage 5's label and schedule, candidates capped at 32 pixels, checkpoints every 2
+        # epochs chosen on the validation cases outside the run (no validation loop: val_interval 100)
+        (["train_synthetic_finetune.json", "train_synthetic_stage3.json", "train_synthetic_hardneg.json",
+          "train_synthetic_stage6.json"],
+         {"epochs": 12, "learning_rate": 0.000125, "positive_fraction": 0.75, "lr_step_iterations": 1000,
+          "val_interval": 100, "hard_negative_fraction": 0.3, "hard_negative_max_area": 32}),
     ],
 )
 def test_finetune_overlays_continue_from_the_checkpoint(overlays, expected):
@@ -450,3 +456,68 @@ def test_stage5_training_label_keeps_the_plaque_rims(calcified_cohort):
     assert all(not (a & ~b).any() for a, b in zip(labels["stage4"], labels["stage5"]))
     n4, n5 = (sum(int(x.sum()) for x in labels[k]) for k in ("stage4", "stage5"))
     assert 0 < n4 < n5, (n4, n5)
+
+
+def test_stage6_overlay_adds_an_epoch_checkpoint_saver():
+    """configs/train_synthetic_stage6.json appends (``+train#handlers``) one CheckpointSaver to the
+    trainer's three handlers: epoch level, every 2 epochs, every file kept, into <ckpt_dir>/stage6, so
+    the shipped models/model.pt is not the target."""
+    p = parser(*STAGE4, "train_synthetic_stage6.json")
+    handlers = p["train#handlers"]
+    assert [h["_target_"] for h in handlers] == ["LrScheduleHandler", "ValidationHandler", "StatsHandler",
+                                                 "CheckpointSaver"]
+    p["bundle_root"] = "/bundle"
+    saver = handlers[3]
+    assert (saver["epoch_level"], saver["n_saved"], saver["save_dict"]) == (True, None, {"model": "@network"})
+    assert (saver["save_dir"], saver["save_interval"]) == ("@epoch_ckpt_dir", "@epoch_ckpt_interval")
+    assert p.get_parsed_content("epoch_ckpt_interval") == 2
+    assert p.get_parsed_content("epoch_ckpt_dir") == "/bundle/models/stage6"
+
+
+def test_stage6_overlay_caps_candidates_and_saves_every_second_epoch(calcified_cohort, tmp_path):
+    """configs/train_synthetic_stage6.json (docs/README.md, stage 6): stage 5-RIM's training label
+    (the cache keeps the label region, validation scores label AND >= 130 HU), hard-negative
+    candidates capped at 32 pixels instead of 100, and a CheckpointSaver on the trainer that writes
+    <ckpt_dir>/stage6/model_epoch=N.pt every 2 epochs. The validation loop (val_interval 100) does not
+    run in 12 epochs, so models/model.pt is never overwritten. Run here for 4 epochs of one batch on
+    the three-case cohort, from a copy of the shipped weights."""
+    import shutil
+
+    from ctbundles.datasets.slab_dataset import SlabDataset
+    from ctbundles.transforms.calcium_transforms import ThresholdMaskHUd
+
+    p = parser(*STAGE4, "train_synthetic_stage6.json")
+    assert (p["hard_negative_max_area"], p["hard_negative_fraction"], p["epochs"]) == (32, 0.3, 12)
+    assert p["val_interval"] > p["epochs"]
+    (tmp_path / "models").mkdir()
+    shutil.copy(WEIGHTS, tmp_path / "models" / "model.pt")
+    small = {"in_plane_size": [128, 128], "crop_min": 64, "crop_max": 64, "patch_size": [64, 64], "num_workers": 0,
+             "dataset_dir": str(calcified_cohort), "bundle_root": str(tmp_path), "epochs": 4,
+             "samples_per_epoch": 4, "device": "$torch.device('cpu')"}
+    for k, v in small.items():
+        p[k] = v
+    train_tf = p.get_parsed_content("train#preprocessing").transforms
+    assert not any(isinstance(t, ThresholdMaskHUd) for t in train_tf)
+    assert any(isinstance(t, ThresholdMaskHUd) for t in p.get_parsed_content("validate#preprocessing").transforms)
+    p.get_parsed_content("initialize")  # set_determinism(seed=6) and the checkpoint load
+    slabs = p.get_parsed_content("train#slab_dataset")
+    lo = p.get_parsed_content("train#slab_dataset#hard_negative_threshold")
+    peak = p.get_parsed_content("train#slab_dataset#hard_negative_min_peak")
+    capped, uncapped = [], []
+    for v, d in enumerate(slabs.data):
+        capped.append(SlabDataset.find_hard_negatives(d["image"], d["label"], lo, 32, v, peak))
+        uncapped.append(SlabDataset.find_hard_negatives(d["image"], d["label"], lo, 100, v, peak))
+    capped, uncapped = np.concatenate(capped), np.concatenate(uncapped)
+    assert np.array_equal(slabs.hard_negatives, capped)
+    assert 0 < len(capped) < len(uncapped)  # the cap drops the larger (bone) candidates
+    assert {tuple(r) for r in capped} <= {tuple(r) for r in uncapped}
+
+    p.get_parsed_content("train#trainer").run()
+    saved = sorted(x.name for x in (tmp_path / "models" / "stage6").iterdir())
+    assert saved == ["model_epoch=2.pt", "model_epoch=4.pt"]
+    last = torch.load(tmp_path / "models" / "stage6" / "model_epoch=4.pt", map_location="cpu")
+    state = p.get_parsed_content("network").state_dict()
+    assert last.keys() == state.keys() and all(torch.equal(last[k], state[k]) for k in state)
+    shipped = torch.load(WEIGHTS, map_location="cpu")
+    assert not all(torch.equal(last[k], shipped[k]) for k in shipped)  # it trained
+    assert (tmp_path / "models" / "model.pt").read_bytes() == WEIGHTS.read_bytes()  # no validation, no overwrite

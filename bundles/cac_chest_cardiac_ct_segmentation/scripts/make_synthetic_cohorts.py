@@ -9,7 +9,8 @@ grid so that a 2-core CPU can train on them (bundle README, Performance and devi
 Case ``i`` of a cohort uses generator seed ``seed + i``; the seeds used for ``models/model.pt`` are
 0-39 (training, chest), 1000-1023 (held-out chest test) and 2000-2023 (held-out cardiac test); the
 0.2.0 figures were first measured on the 12-case cohorts 1000-1011 and 2000-2011. The error analysis
-behind version 0.4.0 used validation cases only: fold 0 of the training cohort plus chest seeds
+behind version 0.4.0 used validation cases only: chest_10, 11, 13 and 21 (in the bundle's validation
+fold 0) plus chest seeds
 4000-4007 (``--cases 8 --seed 4000``) and cardiac seeds 3000-3011 (``--cases 12 --seed 3000``).
 
 Usage (from the bundle folder)::
@@ -18,8 +19,10 @@ Usage (from the bundle folder)::
     python scripts/make_synthetic_cohorts.py chest --out /data/cac_syn/test_chest --cases 24 --seed 1000
     python scripts/make_synthetic_cohorts.py cardiac --out /data/cac_syn/test_cardiac --cases 24 --seed 2000
 
-``--folds 10`` assigns the folds of the training datalist (fold 0, four cases, validates); the test
-cohorts are evaluated whole (``evaluate.json`` reads every case of the datalist).
+``--folds 10`` writes 10 folds into ``datalist.json``, but the bundle does not read that file: its
+``datalist`` (``build_datalist`` on ``dataset_dir``) assigns 5 patient-grouped folds of 8, so training
+uses 32 cases and fold 0 (8 cases) validates. The test cohorts are evaluated whole (``evaluate.json``
+reads every case of the folder).
 """
 
 from __future__ import annotations
