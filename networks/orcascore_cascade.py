@@ -176,6 +176,21 @@ class OrcaScoreCascadeInferer(Inferer):
         return fg.permute(1, 2, 0).cpu().numpy()
 
     def _one(self, vol: torch.Tensor, network: nn.Module):
+        label, box, vol, n_classes = self.stage2_labels(vol, network)
+        if self.use_fp_stage and self.fp_network is not None:
+            label = label * torch.as_tensor(self.keep_mask(vol, label > 0), device=label.device)
+        onehot = torch.nn.functional.one_hot(label, n_classes).permute(3, 0, 1, 2).to(vol.dtype)
+        return onehot, box
+
+    def stage2_labels(self, vol: torch.Tensor, network: nn.Module):
+        """Stages 1-2 of one volume ``(1, X, Y, Z)`` (the inferer's input, i.e. stage 1's).
+
+        Returns the stage-2 label map ``(X, Y, Z)`` (long; 0 outside the stage-1 ROI box, no 130 HU rule),
+        the ROI box ``[[x0, x1], [y0, y1]]``, the volume stages 2-3 see (after ``calcium_input_transform``)
+        and the number of stage-2 classes. The foreground of the label map is exactly what stage 3 gets in
+        :meth:`__call__`, which is why :class:`~ctbundles.transforms.orcascore_cascade.PredictedCandidatesd`
+        uses it for stage 3's training candidates.
+        """
         _, nx, ny, nz = vol.shape
         box = heart_roi_box(self.heart_masks(vol), self.opening_size)
         if box is None:
@@ -196,13 +211,9 @@ class OrcaScoreCascadeInferer(Inferer):
             pad_h, pad_w = (-h) % self.divisible, (-w) % self.divisible
             crop = torch.nn.functional.pad(crop, (0, pad_w, 0, pad_h))
             probs = _run_slices(network, crop, self.slice_batch_size)[..., :h, :w]  # (Z, K, h, w)
-        n_classes = probs.shape[1]
         label = torch.zeros((nx, ny, nz), dtype=torch.long, device=vol.device)
         label[x0:x1, y0:y1] = calcium_labels(probs, self.calcium_threshold).permute(1, 2, 0)
-        if self.use_fp_stage and self.fp_network is not None:
-            label = label * torch.as_tensor(self.keep_mask(vol, label > 0), device=label.device)
-        onehot = torch.nn.functional.one_hot(label, n_classes).permute(3, 0, 1, 2).to(vol.dtype)
-        return onehot, [[x0, x1], [y0, y1]]
+        return label, [[x0, x1], [y0, y1]], vol, probs.shape[1]
 
     def keep_mask(self, vol: torch.Tensor, fg: torch.Tensor) -> np.ndarray:
         """Stage 3: ``(X, Y, Z)`` mask of the stage-2 foreground that the false-positive network keeps."""

@@ -411,6 +411,14 @@ class PredictedCandidatesd(MapTransform):
     candidate when the argmax is not background and ``hu_key`` > ``threshold_hu``, or (``include_label``)
     when ``label_key`` > 0 and ``hu_key`` > ``threshold_hu``. Writes ``(1, X, Y, Z)`` float masks to ``keys``.
 
+    With ``cascade`` (an :class:`~ctbundles.networks.orcascore_cascade.OrcaScoreCascadeInferer`, as
+    ``inference.json`` builds it) the predicted part is instead exactly the stage-2 foreground the
+    inferer hands to stage 3: stage 1 on ``cascade_input_key`` (the inferer's input, e.g. the scaled
+    unmatched scan), stage 2 (``network``) on the ROI crop of the volume its ``calcium_input_transform``
+    makes, at its ``calcium_threshold`` and ``roi_size``, without the 130 HU rule (inference applies it
+    after stage 3, so stage 3's windows sit on these components); ``image_key``, ``roi_size`` and
+    ``overlap`` are then unused. The reference calcium (``include_label``) is added as before.
+
     Args:
         keys: where the candidate masks go.
         network: the trained stage-2 network (2D, 1 channel in, background = channel 0).
@@ -422,6 +430,8 @@ class PredictedCandidatesd(MapTransform):
         roi_size: sliding-window size, or ``None`` for whole slices.
         sw_batch_size: slices or windows per forward pass.
         overlap: overlap of the sliding windows (MONAI ``sliding_window_inference``).
+        cascade: the cascade inferer whose stages 1-2 make the predicted candidates, or ``None``.
+        cascade_input_key: the inferer's input ``(1, X, Y, Z)`` (required with ``cascade``).
     """
 
     def __init__(
@@ -436,9 +446,14 @@ class PredictedCandidatesd(MapTransform):
         roi_size: Sequence[int] | None = None,
         sw_batch_size: int = 8,
         overlap: float = 0.25,
+        cascade: Any = None,
+        cascade_input_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if cascade is not None and cascade_input_key is None:
+            raise ValueError("PredictedCandidatesd: cascade_input_key is required with cascade")
+        self.cascade, self.cascade_input_key = cascade, cascade_input_key
         self.overlap = float(overlap)
         self.network, self.image_key, self.hu_key, self.label_key = network, image_key, hu_key, label_key
         self.threshold_hu, self.include_label, self.sw_batch_size = float(threshold_hu), include_label, int(sw_batch_size)
@@ -458,10 +473,21 @@ class PredictedCandidatesd(MapTransform):
             logits = torch.cat([self.network(slices[i : i + self.sw_batch_size]) for i in range(0, slices.shape[0], self.sw_batch_size)])
         return (logits.argmax(1) > 0).permute(1, 2, 0).numpy()
 
+    @torch.no_grad()
+    def predict_cascade(self, volume) -> np.ndarray:
+        """``(X, Y, Z)`` stage-2 foreground of the cascade (stages 1-2) for its input ``(1, X, Y, Z)``."""
+        self.network.eval()
+        self.cascade.roi_network.eval()
+        vol = torch.as_tensor(_numpy(volume), dtype=torch.float32)
+        return (self.cascade.stage2_labels(vol, self.network)[0] > 0).cpu().numpy()
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         bright = _numpy(d[self.hu_key])[0] > self.threshold_hu
-        cand = self.predict(d[self.image_key]) & bright
+        if self.cascade is not None:
+            cand = self.predict_cascade(d[self.cascade_input_key])
+        else:
+            cand = self.predict(d[self.image_key]) & bright
         if self.include_label:
             cand |= (_numpy(d[self.label_key])[0] > 0) & bright
         for key in self.keys:  # new items: written whether or not they exist

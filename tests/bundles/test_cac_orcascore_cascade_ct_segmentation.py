@@ -345,3 +345,47 @@ def test_synthetic_recipe_stage3_windows_on_stage2_candidates_from_whole_slice(c
     assert cand[(ref > 0) & (ref < 4) & (hu > 130)].all()
     windows = Compose(p.get_parsed_content("sampler"))(d)
     assert 1 <= len(windows) <= p["batch_size"] and windows[0]["image"].shape == (1, 96, 96)
+
+
+def _bundle_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BUNDLE / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_false_positive_kinds_reads_generator_centres_as_lps():
+    """The generator's hard negatives are in LPS mm; the NIfTI affine is RAS (x and y negated). Grid of
+    1 mm voxels, voxel (0, 0, 0) at LPS (2, 3, 0): RAS affine diag(-1, -1, 1), translation (-2, -3, 0).
+    A valve calcification centred on voxel (6, 7, 1) has LPS centre (8, 10, 1)."""
+    fpk = _bundle_script("evaluate_stage2").false_positive_kinds
+    affine = np.array([[-1.0, 0, 0, -2.0], [0, -1.0, 0, -3.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    hu = np.zeros((10, 10, 3), np.float32)
+    ref = np.zeros((10, 10, 3), np.int64)
+    pred = np.zeros((10, 10, 3), np.int64)
+    hu[6, 7, 1] = hu[1, 1, 1] = 500.0
+    pred[6, 7, 1] = pred[1, 1, 1] = 1  # two one-voxel false positives: on the valve calcification and far from it
+    negatives = [{"kind": "aortic_valve", "center_mm": [8.0, 10.0, 1.0], "size_mm": [1.0, 1.0, 1.0]}]
+    assert fpk(hu, ref, pred, negatives, affine, (1.0, 1.0, 1.0)) == ["other", "aortic_valve"]  # component order (x first)
+
+
+def test_fp_cascade_candidates_config_matches_inference():
+    """train_fp_cascade.json builds stage 3's training candidates with inference.json's stages 1-2: same
+    calcium_threshold, stage-2 window, stage-1 network and weights, and the same histogram matching."""
+    files = [TRAIN] + [str(CONFIGS / f"{n}.json") for n in ("train_fp", "train_synthetic", "train_fp_synthetic", "train_fp_cascade")]
+    train = parser_for(files, bundle_root=str(BUNDLE))
+    infer = parser_for([str(CONFIGS / "inference.json")], bundle_root=str(BUNDLE))
+    cascade = train.get_parsed_content("candidate_cascade")
+    assert cascade.calcium_threshold == infer["calcium_threshold"] == 0.65
+    assert list(cascade.roi_size) == [infer["patch_size"]] * 2 == [64, 64]
+    assert cascade.use_fp_stage is False and cascade.opening_size == infer["inferer"]["opening_size"]
+    assert train["candidate_calcium_input"] == infer["calcium_input"]
+    assert train["roi_features"] == infer["roi_features"]
+    assert train.get_parsed_content("roi_weights") == infer.get_parsed_content("roi_weights")
+    # stage 2 of the candidates = the shipped stage 2; stage 3 starts from the shipped stage 3
+    assert train.get_parsed_content("candidate_checkpoint") == os.path.join(str(BUNDLE), "models", "model.pt")
+    assert train.get_parsed_content("init_checkpoint") == os.path.join(str(BUNDLE), "models", "model_fp.pt")
+    t = train.get_parsed_content("fp_candidates")[0]
+    assert t.cascade is not None and t.cascade_input_key == "image_cascade"

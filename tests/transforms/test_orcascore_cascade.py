@@ -226,6 +226,59 @@ def test_predicted_candidates_are_prediction_or_label_above_130_hu(roi_size):
     np.testing.assert_array_equal(only, expected)
 
 
+class _Above(torch.nn.Module):
+    """Two-class logits: class 1 where the input exceeds ``t`` (stage 1 / stage 2 stand-in)."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 100 * (x - self.t)], dim=1)
+
+
+def test_predicted_candidates_from_the_cascade_are_what_stage_3_gets_in_inference():
+    """With ``cascade``: stage 1 on the cascade input, stage 2 on the transformed volume inside the ROI box,
+    the foreground exactly as the inferer hands it to stage 3 (no 130 HU rule), plus reference calcium."""
+    from ctbundles.networks.orcascore_cascade import OrcaScoreCascadeInferer
+
+    vol = torch.zeros(1, 64, 64, 3)
+    vol[0, 20:40, 20:44, :] = 0.6  # heart on every slice: stage 1 (> 0.5) -> ROI box [20, 40) x [20, 44)
+    vol[0, 30:32, 30:33, 1] = 1.0  # coronary calcium in the ROI (6 px), 400 HU
+    vol[0, 22:24, 40:42, 1] = 0.93  # a bright spot in the ROI (4 px), 100 HU: stage 2 marks it
+    vol[0, 60, 5:9, 2] = 1.0  # bone outside the ROI (4 px): stage 2 never sees it
+    hu = torch.zeros(1, 64, 64, 3)
+    hu[0, 30:32, 30:33, 1] = 400.0
+    hu[0, 22:24, 40:42, 1] = 100.0
+    hu[0, 60, 5:9, 2] = 900.0
+    hu[0, 35, 25, 0] = 250.0  # a reference lesion stage 2 misses (input 0.6): added as a candidate
+    label = torch.zeros(1, 64, 64, 3)
+    label[0, 35, 25, 0] = 1.0
+    label[0, 30:32, 30:33, 1] = 1.0
+    halve = lambda v: v * 0.5  # noqa: E731  (stages 2-3 see their own input, as histogram matching in inference.json)
+    cascade = OrcaScoreCascadeInferer(roi_network=_Above(0.5), use_fp_stage=False, calcium_input_transform=halve)
+    t = PredictedCandidatesd("candidates", _Above(0.45), cascade=cascade, cascade_input_key="image_cascade")
+    d = t({"image": torch.zeros(1, 64, 64, 3), "image_cascade": vol, "image_hu": hu, "label": label})
+    cand = d["candidates"][0].numpy() > 0
+    expected = np.zeros((64, 64, 3), bool)
+    expected[30:32, 30:33, 1] = True  # halved: 0.5 > 0.45
+    expected[22:24, 40:42, 1] = True  # halved: 0.465 > 0.45, kept below 130 HU (inference's stage 3 sees it)
+    expected[35, 25, 0] = True  # reference calcium > 130 HU
+    np.testing.assert_array_equal(cand, expected)
+    # the predicted part is the foreground the inferer passes to stage 3 (keep_mask) in inference
+    seen = []
+    cascade.fp_network, cascade.use_fp_stage = _Above(0.0), True
+    cascade.keep_mask = lambda v, fg: seen.append(fg.numpy().copy()) or fg.numpy()
+    cascade(vol[None], _Above(0.45))
+    expected[35, 25, 0] = False
+    np.testing.assert_array_equal(seen[0], expected)
+    t.include_label = False
+    only = t({"image": torch.zeros(1, 64, 64, 3), "image_cascade": vol, "image_hu": hu, "label": label})["candidates"][0].numpy() > 0
+    np.testing.assert_array_equal(only, expected)
+    with pytest.raises(ValueError, match="cascade_input_key"):
+        PredictedCandidatesd("candidates", _Above(0.45), cascade=cascade)
+
+
 # ------------------------------------------------------------------ lesion-balanced patch sampling
 def _two_lesions():
     # 6 x 6 x 2: a 1-voxel LAD lesion and an 8-voxel RCA lesion (2 x 2 x 2), one bright unlabelled voxel

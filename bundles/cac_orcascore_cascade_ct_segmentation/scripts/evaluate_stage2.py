@@ -40,8 +40,9 @@ from ctbundles.transforms.orcascore_cascade import component_crop_boxes, extract
 def false_positive_kinds(hu, ref, pred, negatives, affine, spacing, near_mm: float = 3.0, bone_voxels: int = 200) -> list[str]:
     """Diagnostic: where each false-positive lesion (3D 6-connected predicted > 130 HU voxels without a
     reference voxel) lies. ``aortic_valve`` / ``aortic_wall`` / ``bone_touching``: within ``near_mm`` of
-    the ellipsoid of one of the generator's unlabelled calcifications (``hard_negatives``, world RAS mm,
-    ``affine`` of the NIfTI twin); ``bone``: inside a > 130 HU structure of more than ``bone_voxels``
+    the ellipsoid of one of the generator's unlabelled calcifications (``hard_negatives``: ``center_mm`` in
+    the generator's LPS mm, turned into RAS by negating x and y, then into voxels with ``affine``, the RAS
+    affine of the NIfTI twin); ``bone``: inside a > 130 HU structure of more than ``bone_voxels``
     voxels without reference calcium (ribs, vertebrae, sternum); ``lesion_rim``: within ``near_mm`` of a
     reference lesion; ``other``: anywhere else (noise above 130 HU in soft tissue or blood)."""
     bright = hu > 130
@@ -51,7 +52,8 @@ def false_positive_kinds(hu, ref, pred, negatives, affine, spacing, near_mm: flo
     big_size = np.bincount(big_ids.ravel())
     ref_dist = ndimage.distance_transform_edt(ref == 0, sampling=spacing) if ref.any() else np.full(hu.shape, np.inf)
     inv = np.linalg.inv(affine)
-    centres = [(neg["kind"], inv[:3, :3] @ np.asarray(neg["center_mm"]) + inv[:3, 3], max(neg["size_mm"]) / 2) for neg in negatives]
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])  # up to session 6 the LPS centres went in as RAS: every aortic FP read as "other"
+    centres = [(neg["kind"], inv[:3, :3] @ (np.asarray(neg["center_mm"]) * lps_to_ras) + inv[:3, 3], max(neg["size_mm"]) / 2) for neg in negatives]
     kinds = []
     for i, sl in enumerate(ndimage.find_objects(ids), start=1):
         comp = ids[sl] == i
