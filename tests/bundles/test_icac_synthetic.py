@@ -192,6 +192,44 @@ def _cohort_script():
     return module
 
 
+def _registered_cohort_script():
+    spec = importlib.util.spec_from_file_location(
+        "make_registered_cohort", BUNDLE / "scripts" / "make_registered_cohort.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_registered_cohort_raw_grids():
+    # --raw_grid fine (default) is the slow test's 400 x 400 x 150 head of 0.5 x 0.5 x 1 mm; clinical is
+    # `ctbundles synth head`'s 512 x 512 x 200 of 0.45 x 0.45 x 0.7 mm (what `ctbundles demo` runs);
+    # --raw_shape / --raw_spacing replace the preset's values
+    script = _registered_cohort_script()
+    assert script.raw_grid() == ((400, 400, 150), (0.5, 0.5, 1.0))
+    assert script.raw_grid("clinical") == ((512, 512, 200), (0.45, 0.45, 0.7))
+    assert script.raw_grid("clinical", spacing=(1, 1, 2)) == ((512, 512, 200), (1.0, 1.0, 2.0))
+    with pytest.raises(ValueError, match="raw grid"):
+        script.raw_grid("coarse")
+    with pytest.raises(ValueError, match="positive"):
+        script.raw_grid("fine", shape=(0, 10, 10))
+
+
+def test_registered_cohort_writes_heads_on_the_requested_raw_grid(tmp_path):
+    # --raw_only writes the unregistered heads (inference.json registers them) on the chosen grid
+    # (a coarse one here, to keep the test short)
+    script = _registered_cohort_script()
+    assert script.main(["--out", str(tmp_path), "--seeds", "7-8", "--raw_only", "--raw_grid", "clinical",
+                        "--raw_shape", "100", "100", "60", "--raw_spacing", "2", "2", "2.5"]) == 0
+    for seed in (7, 8):
+        image = nib.load(str(tmp_path / "imagesTr" / f"icac_synth_{seed:04d}.nii.gz"))
+        label = nib.load(str(tmp_path / "labelsTr" / f"icac_synth_{seed:04d}.nii.gz"))
+        assert image.shape == label.shape == (100, 100, 60)
+        np.testing.assert_allclose(image.header.get_zooms(), (2.0, 2.0, 2.5))
+        np.testing.assert_allclose(np.abs(np.diag(image.affine)[:3]), (2.0, 2.0, 2.5))
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(tmp_path / "x"), "--seeds", "7", "--raw_only", "--raw_shape", "0", "10", "10"])
+
+
 def _infer_and_dice(case, tmp_path, *overlays, **overrides) -> float:
     """Run inference.json (+ overlays) with the shipped weights on one case; Dice against its label >= 130 HU."""
     images = tmp_path / "images"
