@@ -100,6 +100,58 @@ def test_registered_overlay_changes_only_the_run_length(epoch, lr):
     assert parser.get_parsed_content("register_to_reference") is False
 
 
+@pytest.mark.parametrize("epoch, lr", [(1, 3e-4), (4, 3e-4), (5, 3e-5), (6, 3e-5)])
+def test_clinical_overlay_schedules(epoch, lr):
+    # configs/train_registered_clinical.json (session 6, README "Session 6"): 6 epochs, Adam lr 3e-4
+    # then 3e-5 after epoch 4, validation every 2, positive weight 1, no auxiliary losses; the rest is
+    # train_synthetic.json's (frames registered beforehand, same network, dropout and patches)
+    base = _parser("train.json", "train_synthetic.json")
+    parser = _parser("train.json", "train_synthetic.json", "train_registered_clinical.json")
+    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (6, 2)
+    v = parser.get_parsed_content("train#handlers#0").values(epoch)
+    assert v["pos_weight"] == 1.0 and v["aux_weight"] == 0.0 and v["lr"] == pytest.approx(lr)
+    for key in ("register_to_reference", "frame_shape", "patch_size", "features", "dropout", "sample_ratios"):
+        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
+
+
+@pytest.mark.parametrize("overlays, selected", [
+    (("train_synthetic.json",), 3),  # the paper's rule: lowest validation loss
+    (("train_synthetic.json", "train_registered_clinical.json"), 2),  # session 6: highest validation Dice
+])
+def test_checkpoint_selection_rule(tmp_path, overlays, selected):
+    # The validator's CheckpointSaver keeps the model of the best key metric. Three validations with
+    # Dice 0.2, 0.5, 0.3 and loss 0.10, 0.30, 0.05: the loss rule keeps validation 3, the Dice rule 2.
+    from ignite.engine import Engine, Events
+
+    parser = _parser("train.json", *overlays)
+    parser["ckpt_dir"] = str(tmp_path)
+    parser["features"] = [1, 2, 2]
+    key = "val_mean_dice" if selected == 2 else "val_loss"
+    assert list(parser["validate#key_metric"]) == [key]
+    assert sorted([key, *parser["validate#additional_metrics"]]) == ["val_loss", "val_mean_dice"]
+    cmp = parser.get_parsed_content("validate#evaluator#metric_cmp_fn")
+    assert cmp(0.5, 0.2) is (key == "val_mean_dice") and cmp(0.2, 0.5) is (key == "val_loss")
+    network = parser.get_parsed_content("network")
+    saver = parser.get_parsed_content("validate#handlers#1")
+    dice, loss = [0.2, 0.5, 0.3], [0.10, 0.30, 0.05]
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _validated(e):  # what the evaluator does at the end of a validation
+        i = e.state.epoch - 1
+        e.state.key_metric_name = key
+        e.state.metrics = {"val_mean_dice": dice[i], "val_loss": loss[i]}
+        with torch.no_grad():
+            for param in network.parameters():
+                param.fill_(float(e.state.epoch))
+
+    saver.attach(engine)
+    engine.run([0], max_epochs=3)
+    state = torch.load(tmp_path / "model.pt", map_location="cpu")
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.is_floating_point()]
+    assert weights and all(torch.all(w == float(selected)) for w in weights)
+
+
 def test_synthetic_recipe_keeps_the_paper_dropout_warm_starts_and_loads_into_inference():
     parser = _parser("train.json", "train_synthetic.json")
     net = parser.get_parsed_content("network_def")
