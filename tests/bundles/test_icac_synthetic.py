@@ -306,9 +306,11 @@ def _infer_and_dice(case, tmp_path, *overlays, **overrides) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not reached: the shipped model (0.4.0 weights, session 4 recipe; 0.4.1 registration start) scores Dice 0.53 +/- 0.14 on held-out synthetic heads on the 240 x 240 x 100 frame, 0.52 on the frame head seed 5000, 0.51 on the registered head seed 5001 (0.20 before the registration fix), 0.40 +/- 0.22 on 8 held-out registered heads (docs/README.md, Performance); strict, so reaching the target turns this into a failure to remove the mark")
 def test_shipped_model_segments_a_fresh_synthetic_head_on_the_frame(tmp_path):
-    """A head generated on the network frame (seed 5000, unseen), no registration (about 35 s)."""
+    """A head generated on the network frame (seed 5000, unseen), no registration (about 35 s).
+
+    0.5.0 weights: Dice 0.647 (187 predicted, 351 reference voxels; 0.4.0: 0.522, an expected failure
+    until 0.5.0). The bar 0.6 is this test's, not the 0.8 target (docs/README.md, Performance)."""
     script = _cohort_script()
     case = generate_head(5000, shape=script.FRAME_SHAPE, spacing=script.FRAME_SPACING,
                          grid_centre_mm=script.FRAME_CENTRE_MM, pose=True, max_rotation_deg=script.ROTATION_DEG,
@@ -318,9 +320,11 @@ def test_shipped_model_segments_a_fresh_synthetic_head_on_the_frame(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not reached: the shipped model (0.4.0 weights, session 4 recipe; 0.4.1 registration start) scores Dice 0.53 +/- 0.14 on held-out synthetic heads on the 240 x 240 x 100 frame, 0.52 on the frame head seed 5000, 0.51 on the registered head seed 5001 (0.20 before the registration fix), 0.40 +/- 0.22 on 8 held-out registered heads (docs/README.md, Performance); strict, so reaching the target turns this into a failure to remove the mark")
 def test_shipped_model_segments_a_fresh_registered_synthetic_head(tmp_path):
-    """The paper's pipeline with the shipped weights: a posed head (seed 5001) registered to the reference."""
+    """The paper's pipeline with the shipped weights: a posed head (seed 5001) registered to the reference.
+
+    0.5.0 weights: Dice 0.679 (254 predicted, 379 reference voxels; 0.4.0 with the 0.4.1 registration
+    start: 0.51, an expected failure until 0.5.0)."""
     case = generate_head(5001, shape=(400, 400, 150), spacing=(0.5, 0.5, 1.0), n_calcifications=(1, 4))
     case.case_id = "icac_synth_5001"
     dice = _infer_and_dice(case, tmp_path, patch_size=[325, 325, 136], overlap=0.0)
