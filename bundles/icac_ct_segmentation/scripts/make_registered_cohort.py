@@ -1,8 +1,10 @@
 """Write a synthetic head cohort registered to the reference head exactly as ``configs/inference.json`` does.
 
-Each case is a posed full-resolution head (400 x 400 x 150 voxels of 0.5 x 0.5 x 1 mm, the project's
-default pose, 1-4 plaques per side: the head of the slow test
-``test_shipped_model_segments_a_fresh_registered_synthetic_head``) put through the bundle's own
+Each case is a posed full-resolution head (by default 400 x 400 x 150 voxels of 0.5 x 0.5 x 1 mm, the
+project's default pose, 1-4 plaques per side: the head of the slow test
+``test_shipped_model_segments_a_fresh_registered_synthetic_head``; ``--raw_grid clinical``: the
+512 x 512 x 200 voxels of 0.45 x 0.45 x 0.7 mm of ``ctbundles synth head``, the grid ``ctbundles demo``
+runs; ``--raw_shape`` / ``--raw_spacing`` override either) put through the bundle's own
 ``ToNetworkFramed`` (rigid registration to ``models/reference_head.nii.gz``, linear resampling onto
 the 240 x 240 x 100 network frame of 0.46 x 0.46 x 1 mm; the label resampled with the same transform,
 nearest neighbour) and saved as NIfTI on the frame. Training on these frames
@@ -13,6 +15,7 @@ Usage (from the bundle folder)::
 
     python scripts/make_registered_cohort.py --out /tmp/icac/reg_train --seeds 2000-2023 2100-2103 --val_seeds 2100-2103
     python scripts/make_registered_cohort.py --out /tmp/icac/reg_test --seeds 2200-2207
+    python scripts/make_registered_cohort.py --out /tmp/icac/reg_test_clin --seeds 2300-2307 --raw_grid clinical --raw_only
 
 Cases listed in ``--val_seeds`` get fold 0 (the validation fold of ``train.json``), the others fold 1;
 without ``--val_seeds`` every case is in fold 0, the fold ``evaluate.json`` evaluates.
@@ -41,13 +44,28 @@ from monai.data import MetaTensor
 from ctbundles.datasets import nifti_folder
 from ctbundles.datasets.datalist_io import write_datalist_json
 from ctbundles.metrics.icac_evaluation import dice_counts, dice_score
-from ctbundles.synthetic.head import generate_head
+from ctbundles.synthetic.head import DEFAULT_SHAPE, DEFAULT_SPACING, generate_head
 from ctbundles.transforms.icac_frame import ToNetworkFramed
 
 BUNDLE = Path(__file__).resolve().parents[1]
-#: The posed full-resolution head of the registered-head test.
+#: The posed full-resolution head of the registered-head test (``--raw_grid fine``, the default).
 RAW_SHAPE = (400, 400, 150)
 RAW_SPACING = (0.5, 0.5, 1.0)
+
+
+def raw_grid(name: str = "fine", shape=None, spacing=None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(shape, spacing) of the generated raw heads: ``fine`` = ``RAW_SHAPE`` / ``RAW_SPACING``,
+    ``clinical`` = ``ctbundles synth head``'s default grid (``DEFAULT_SHAPE`` / ``DEFAULT_SPACING`` of
+    ``ctbundles.synthetic.head``); ``shape`` / ``spacing`` replace the preset's values."""
+    presets = {"fine": (RAW_SHAPE, RAW_SPACING), "clinical": (DEFAULT_SHAPE, DEFAULT_SPACING)}
+    if name not in presets:
+        raise ValueError(f"raw grid {name!r}: expected one of {sorted(presets)}")
+    base_shape, base_spacing = presets[name]
+    shape = tuple(int(v) for v in (base_shape if shape is None else shape))
+    spacing = tuple(float(v) for v in (base_spacing if spacing is None else spacing))
+    if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
+        raise ValueError(f"raw grid: need 3 positive sizes and spacings, got {shape} / {spacing}")
+    return shape, spacing
 
 
 def seeds(specs) -> list[int]:
@@ -103,16 +121,26 @@ def main(argv=None) -> int:
     p.add_argument("--raw_only", action="store_true", help="write the unregistered heads only")
     p.add_argument("--score", default=None, help="folder of <case>_seg.nii.gz to score against --out")
     p.add_argument("--reference", default=str(BUNDLE / "models" / "reference_head.nii.gz"))
+    p.add_argument("--raw_grid", choices=("fine", "clinical"), default="fine",
+                   help="grid of the generated heads: fine = 400 x 400 x 150 of 0.5 x 0.5 x 1 mm (default), "
+                        "clinical = 512 x 512 x 200 of 0.45 x 0.45 x 0.7 mm (ctbundles synth head's default)")
+    p.add_argument("--raw_shape", type=int, nargs=3, default=None, help="voxels, replaces the preset's")
+    p.add_argument("--raw_spacing", type=float, nargs=3, default=None, help="mm, replaces the preset's")
     a = p.parse_args(argv)
     if a.score:
         return score(a.out, a.score, seeds(a.seeds))
+    try:
+        shape, spacing = raw_grid(a.raw_grid, a.raw_shape, a.raw_spacing)
+    except ValueError as e:
+        p.error(str(e))
+    print(f"raw grid {shape} voxels of {spacing} mm", file=sys.stderr)
     framer = ToNetworkFramed(keys="image", label_keys="label", reference=a.reference)  # inference.json's frame
     all_seeds = seeds(a.seeds)
     val = set(seeds(a.val_seeds)) if a.val_seeds is not None else set(all_seeds)
     folds = {}
     for i, seed in enumerate(all_seeds):
         t0 = time.perf_counter()
-        case = generate_head(seed, shape=RAW_SHAPE, spacing=RAW_SPACING, n_calcifications=(1, 4))
+        case = generate_head(seed, shape=shape, spacing=spacing, n_calcifications=(1, 4))
         case.case_id = f"icac_synth_{seed:04d}"
         if a.raw_out or a.raw_only:
             nifti_folder.write_case(case, a.out if a.raw_only else a.raw_out)
