@@ -162,6 +162,16 @@ def frame_coverage(moving: sitk.Image, grid: sitk.Image, transform: sitk.Transfo
     return {"scan_coverage": float(inside.mean()), "frame_slices_outside": int((inside.max(axis=(1, 2)) == 0).sum())}
 
 
+def _slices_beyond(moving: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> tuple[int, int]:
+    """Slices (index z) the frame ``grid`` reaches below the first and beyond the last slice of ``moving``."""
+    size = np.asarray(grid.GetSize())
+    corners = [grid.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+               for corner in np.stack(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij"), -1).reshape(-1, 3)]
+    z = [moving.TransformPhysicalPointToContinuousIndex(transform.TransformPoint(p))[2] for p in corners]
+    last = moving.GetSize()[2] - 1
+    return max(0, int(np.ceil(-min(z))) + 1), max(0, int(np.ceil(max(z) - last)) + 1)
+
+
 def coverage_warning(frame_info: Mapping) -> str | None:
     """The report warning for a frame the scan does not cover completely (None when it does)."""
     coverage = frame_info.get("scan_coverage")
@@ -182,16 +192,24 @@ class ToNetworkFrame(Transform):
             coordinates (default ``DEFAULT_FRAME``: 240 x 240 x 100 voxels, 0.46 x 0.46 x 1 mm).
         fill_hu: value outside the scan (-1000 HU, air).
         register: False skips the registration (identity: the scan is already in the reference frame).
+        outside_fill: what the frame gets beyond the scan's first and last slice: "air" (``fill_hu``, the
+            default, what the shipped weights were trained and tested with) or "edge" (the scan's end
+            slices repeated along z, so the network does not see the cut edge of a scan that starts at
+            the skull base; in-plane the frame still gets ``fill_hu``). See the bundle README, "Field of view".
     """
 
     def __init__(self, reference=None, frame_shape=DEFAULT_FRAME["shape"], frame_spacing=DEFAULT_FRAME["spacing"],
-                 frame_centre_mm=DEFAULT_FRAME["centre_mm"], fill_hu: float = -1000.0, register: bool = True):
+                 frame_centre_mm=DEFAULT_FRAME["centre_mm"], fill_hu: float = -1000.0, register: bool = True,
+                 outside_fill: str = "air"):
         self._reference = reference  # loaded on first use: not needed when ``register`` is False
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.affine = frame_affine(self.frame_shape, frame_spacing, frame_centre_mm)
         self.grid = to_sitk(np.zeros(self.frame_shape, np.uint8), self.affine)
         self.fill_hu = float(fill_hu)
         self.register = require_bool(register, "register_to_reference", "ToNetworkFramed")
+        if outside_fill not in ("air", "edge"):
+            raise ValueError(f"ToNetworkFramed: outside_fill must be 'air' or 'edge', got {outside_fill!r}")
+        self.outside_fill = outside_fill
 
     @property
     def reference(self) -> sitk.Image:
@@ -212,7 +230,11 @@ class ToNetworkFrame(Transform):
         source_affine = _affine(img)
         moving = to_sitk(arr, source_affine)
         transform = register_rigid(moving, self.reference) if self.register else sitk.Euler3DTransform()
-        out = sitk.Resample(moving, self.grid, transform, sitk.sitkLinear, self.fill_hu, sitk.sitkFloat32)
+        source = moving
+        if self.outside_fill == "edge":
+            below, above = _slices_beyond(moving, self.grid, transform)
+            source = sitk.ZeroFluxNeumannPad(moving, [0, 0, below], [0, 0, above])  # end slices repeated along z
+        out = sitk.Resample(source, self.grid, transform, sitk.sitkLinear, self.fill_hu, sitk.sitkFloat32)
         meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
         meta["icac_frame"] = {
             "transform_parameters": list(transform.GetParameters()),

@@ -85,33 +85,33 @@ def test_synthetic_schedules_over_36_epochs(epoch, lr):
     assert "momentum" not in optimizer.param_groups[0]  # the SGD momentum schedule does not apply to Adam
 
 
-@pytest.mark.parametrize("epoch, lr", [(1, 1e-3), (20, 1e-3), (21, 1e-4), (30, 1e-4)])
-def test_registered_overlay_changes_only_the_run_length(epoch, lr):
-    # configs/train_registered.json (session 5, README "Session 5"): 30 epochs, lr / 10 after epoch 20,
-    # validation every 5; the rest is train_synthetic.json's (no registration in training: the
-    # frames are registered by scripts/make_registered_cohort.py), same network and dropout
+# configs/train_registered.json (session 5, README "Session 5"): 30 epochs, lr / 10 after epoch 20, validation
+# every 5, same warm start; configs/train_registered_clinical.json (session 6, "Session 6"): 4 epochs, Adam lr
+# 3e-4 then 3e-5 after epoch 3, validation every 2 (warm start from session 5's run 2). Both: positive weight 1,
+# no auxiliary losses, and the rest is train_synthetic.json's (no registration in training: the frames are
+# registered by scripts/make_registered_cohort.py), same network, dropout and patches.
+_REGISTERED_OVERLAYS = {
+    "train_registered.json": ((30, 5), ("init_ckpt",)),
+    "train_registered_clinical.json": ((4, 2), ("sample_ratios",)),
+}
+
+
+@pytest.mark.parametrize("overlay, epoch, lr", [
+    ("train_registered.json", 1, 1e-3), ("train_registered.json", 20, 1e-3), ("train_registered.json", 21, 1e-4),
+    ("train_registered.json", 30, 1e-4),
+    ("train_registered_clinical.json", 1, 3e-4), ("train_registered_clinical.json", 3, 3e-4),
+    ("train_registered_clinical.json", 4, 3e-5),
+])
+def test_registered_overlays_change_only_the_run(overlay, epoch, lr):
+    (epochs, val_interval), also_unchanged = _REGISTERED_OVERLAYS[overlay]
     base = _parser("train.json", "train_synthetic.json")
-    parser = _parser("train.json", "train_synthetic.json", "train_registered.json")
-    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (30, 5)
+    parser = _parser("train.json", "train_synthetic.json", overlay)
+    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (epochs, val_interval)
     v = parser.get_parsed_content("train#handlers#0").values(epoch)
     assert v["pos_weight"] == 1.0 and v["aux_weight"] == 0.0 and v["lr"] == pytest.approx(lr)
-    for key in ("register_to_reference", "frame_shape", "patch_size", "features", "dropout", "init_ckpt"):
+    for key in ("register_to_reference", "frame_shape", "patch_size", "features", "dropout", *also_unchanged):
         assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
     assert parser.get_parsed_content("register_to_reference") is False
-
-
-@pytest.mark.parametrize("epoch, lr", [(1, 3e-4), (3, 3e-4), (4, 3e-5)])
-def test_clinical_overlay_schedules(epoch, lr):
-    # configs/train_registered_clinical.json (session 6, README "Session 6"): 4 epochs, Adam lr 3e-4
-    # then 3e-5 after epoch 3, validation every 2, positive weight 1, no auxiliary losses; the rest is
-    # train_synthetic.json's (frames registered beforehand, same network, dropout and patches)
-    base = _parser("train.json", "train_synthetic.json")
-    parser = _parser("train.json", "train_synthetic.json", "train_registered_clinical.json")
-    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (4, 2)
-    v = parser.get_parsed_content("train#handlers#0").values(epoch)
-    assert v["pos_weight"] == 1.0 and v["aux_weight"] == 0.0 and v["lr"] == pytest.approx(lr)
-    for key in ("register_to_reference", "frame_shape", "patch_size", "features", "dropout", "sample_ratios"):
-        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
 
 
 @pytest.mark.parametrize("overlays, selected", [

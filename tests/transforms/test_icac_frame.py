@@ -178,3 +178,20 @@ def test_frame_coverage_counts_the_frame_outside_the_scan():
     assert full["scan_coverage"] == 1.0 and full["frame_slices_outside"] == 0 and coverage_warning(full) is None
     assert "ct_warnings" not in FromNetworkFrame()(MetaTensor(torch.zeros(1, 20, 20, 30), affine=framed.affine,
                                                               meta={"icac_frame": full})).meta
+
+
+def test_edge_fill_repeats_the_end_slices_instead_of_air():
+    """``outside_fill="edge"``: frame slices below the scan get the scan's first slice (here a gradient in x,
+    so the copy is checked voxel by voxel), not -1000 HU; the coverage is still that of the scan itself."""
+    frame = dict(frame_shape=(20, 20, 30), frame_spacing=(2.0, 2.0, 2.0), frame_centre_mm=(0.0, 0.0, -40.0), register=False)
+    scan = _slab_scan(-39.0, 31)
+    scan[0] += torch.arange(61, dtype=torch.float32)[:, None, None] * 10.0  # 40 + 10 * x-index, the same on every slice
+    air = ToNetworkFramed("image", **frame)({"image": scan})["image"][0].numpy()
+    edge = ToNetworkFramed("image", outside_fill="edge", **frame)({"image": scan})
+    out = edge["image"][0].numpy()
+    assert np.all(air[:, :, :15] == -1000.0)
+    np.testing.assert_allclose(out[:, :, :15], np.repeat(air[:, :, 15:16], 15, axis=2), atol=1e-3)
+    np.testing.assert_allclose(out[:, :, 15:], air[:, :, 15:], atol=1e-3)
+    assert edge["image"].meta["icac_frame"]["frame_slices_outside"] == 15
+    with pytest.raises(ValueError, match="outside_fill"):
+        ToNetworkFramed("image", outside_fill="mirror", **frame)
