@@ -177,8 +177,9 @@ def coverage_warning(frame_info: Mapping) -> str | None:
     coverage = frame_info.get("scan_coverage")
     if coverage is None or coverage >= 1.0:
         return None
+    fill = "the scan's end slices repeated along z" if frame_info.get("outside_fill") == "edge" else "air"
     return (f"the scan covers {100 * coverage:.1f} % of the network frame ({frame_info.get('frame_slices_outside', 0)} "
-            "frame slices lie wholly outside it); the rest is filled with air, so calcification near the scan's edge "
+            f"frame slices lie wholly outside it); the rest is filled with {fill}, so calcification near the scan's edge "
             "is less reliable (the paper's scans covered the whole frame)")
 
 
@@ -242,6 +243,7 @@ class ToNetworkFrame(Transform):
             "source_affine": source_affine.tolist(),
             "source_shape": list(arr.shape),
             **frame_coverage(moving, self.grid, transform),
+            "outside_fill": self.outside_fill,
         }
         data = torch.as_tensor(from_sitk(out).copy())
         if isinstance(img, torch.Tensor) and img.ndim == 4 or isinstance(img, np.ndarray) and img.ndim == 4:

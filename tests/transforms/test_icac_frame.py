@@ -165,6 +165,7 @@ def test_frame_coverage_counts_the_frame_outside_the_scan():
     arr = framed[0].numpy()
     assert np.all(arr[:, :, :15] == -1000.0) and np.allclose(arr[:, :, 15:], 40.0)
     assert coverage_warning(info).startswith("the scan covers 50.0 % of the network frame (15 frame slices")
+    assert "the rest is filled with air" in coverage_warning(info)
 
     seg = MetaTensor(torch.zeros(1, 20, 20, 30), affine=framed.affine, meta={"icac_frame": info})
     back = FromNetworkFrame()(seg)
@@ -193,5 +194,6 @@ def test_edge_fill_repeats_the_end_slices_instead_of_air():
     np.testing.assert_allclose(out[:, :, :15], np.repeat(air[:, :, 15:16], 15, axis=2), atol=1e-3)
     np.testing.assert_allclose(out[:, :, 15:], air[:, :, 15:], atol=1e-3)
     assert edge["image"].meta["icac_frame"]["frame_slices_outside"] == 15
+    assert "filled with the scan's end slices repeated along z" in coverage_warning(edge["image"].meta["icac_frame"])
     with pytest.raises(ValueError, match="outside_fill"):
         ToNetworkFramed("image", outside_fill="mirror", **frame)
