@@ -151,7 +151,8 @@ def frame_coverage(moving: sitk.Image, grid: sitk.Image, transform: sitk.Transfo
 
     The paper's scans reach from the aortic arch to the vertex, so the frame around the intracranial
     carotids always lies inside them (Sec. 3). A routine head CT may start at the skull base: the frame
-    voxels outside the scan are then filled with air, and the network sees the scan's cut edge. Returns
+    voxels outside the scan are then filled (air, or the scan's end slices with ``outside_fill="edge"``),
+    and with air the network sees the scan's cut edge. Returns
     ``scan_coverage`` (fraction of frame voxels inside the scan) and ``frame_slices_outside`` (frame
     slices along z without any scan voxel).
     """
