@@ -184,6 +184,7 @@ class ICACFCN(nn.Module):
         f0, f1, f2 = (int(f) for f in features)
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.features: tuple[int, int, int] = (f0, f1, f2)
         self.deep_supervision = deep_supervision
         traces = [_trace(a) for a in range(3)]
         self.concat_lo = [[traces[a]["concat_lo"][level] for a in range(3)] for level in (0, 1)]

@@ -48,6 +48,8 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ToNetworkFramed": "icac_frame",
     "FromNetworkFrame": "icac_frame",
     "FromNetworkFramed": "icac_frame",
+    "ScanLabelFromFrameProbability": "icac_frame",
+    "ScanLabelFromFrameProbabilityd": "icac_frame",
     "HistogramMatch": "orcascore_cascade",
     "HistogramMatchd": "orcascore_cascade",
     "HeartROICropd": "orcascore_cascade",

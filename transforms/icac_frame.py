@@ -12,8 +12,9 @@ frame: a grid of ``frame_shape`` voxels of ``frame_spacing`` mm centred at ``fra
 the reference's world coordinates (default 240 x 240 x 100 voxels of 0.46 x 0.46 x 1 mm around the
 intracranial carotids of the project's reference head, ``ctbundles.synthetic.head.reference_head``,
 whose world frame is its head frame). The transform and the source grid travel in the MetaTensor
-metadata (``icac_frame``), and ``FromNetworkFrame`` resamples a segmentation back onto the original
-scan (nearest neighbour).
+metadata (``icac_frame``), ``FromNetworkFrame`` resamples a segmentation (nearest neighbour) or a
+probability (linear) back onto the original scan, and ``ScanLabelFromFrameProbability`` turns the
+network's probability into the side-labelled segmentation on the scan.
 
 Coordinates: MONAI arrays are (X, Y, Z) with a RAS affine; SimpleITK works in LPS and (z, y, x)
 array order. The conversion is done here once (``to_sitk``).
@@ -37,7 +38,8 @@ from monai.transforms import MapTransform, Transform
 from ctbundles.switches import require_bool
 
 __all__ = ["to_sitk", "initial_alignment", "register_rigid", "frame_affine", "frame_coverage", "coverage_warning", "ToNetworkFrame", "ToNetworkFramed", "FromNetworkFrame",
-           "FromNetworkFramed", "DEFAULT_FRAME"]
+           "FromNetworkFramed", "ScanLabelFromFrameProbability",
+           "ScanLabelFromFrameProbabilityd", "DEFAULT_FRAME"]
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -292,12 +294,25 @@ class ToNetworkFramed(MapTransform):
         return d
 
 
+_INTERPOLATORS = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear}
+
+
 class FromNetworkFrame(Transform):
-    """Resample a segmentation from the network frame back onto the original scan (nearest neighbour).
+    """Resample an array from the network frame back onto the original scan.
+
+    Args:
+        interpolation: ``"nearest"`` (the default; for a label map) or ``"linear"`` (for a
+            probability map: the decision is then taken on the scan's own grid, so a boundary does
+            not move by up to half a frame voxel, 0.5 mm along z, as a resampled label's does).
 
     ``frame_meta`` is the ``icac_frame`` dict ``ToNetworkFrame`` wrote; by default it is read from
-    the segmentation's own metadata.
+    the array's own metadata. Scan voxels outside the frame get 0.
     """
+
+    def __init__(self, interpolation: str = "nearest"):
+        if interpolation not in _INTERPOLATORS:
+            raise ValueError(f"FromNetworkFrame: interpolation must be one of {sorted(_INTERPOLATORS)}, got {interpolation!r}")
+        self.interpolation = interpolation
 
     def __call__(self, seg, frame_meta: Mapping | None = None) -> MetaTensor:
         info = frame_meta if frame_meta is not None else (seg.meta.get("icac_frame") if isinstance(seg, MetaTensor) else None)
@@ -310,7 +325,7 @@ class FromNetworkFrame(Transform):
         frame = to_sitk(arr.astype(np.float32), _affine(seg))
         source_affine = np.asarray(info["source_affine"], dtype=np.float64)
         grid = to_sitk(np.zeros(info["source_shape"], np.uint8), source_affine)
-        back = sitk.Resample(frame, grid, transform.GetInverse(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        back = sitk.Resample(frame, grid, transform.GetInverse(), _INTERPOLATORS[self.interpolation], 0.0, sitk.sitkFloat32)
         data = torch.as_tensor(from_sitk(back).copy())
         if seg.ndim == 4:
             data = data[None]
@@ -324,10 +339,67 @@ class FromNetworkFrame(Transform):
 class FromNetworkFramed(MapTransform):
     """Dictionary version of ``FromNetworkFrame``; ``frame_key`` names the item holding the metadata."""
 
-    def __init__(self, keys: KeysCollection, frame_key: str = "image", allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, frame_key: str = "image", interpolation: str = "nearest",
+                 allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.frame_key = frame_key
-        self.op = FromNetworkFrame()
+        self.op = FromNetworkFrame(interpolation)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        src = d.get(self.frame_key)
+        info = src.meta.get("icac_frame") if isinstance(src, MetaTensor) else None
+        for key in self.key_iterator(d):
+            d[key] = self.op(d[key], info)
+        return d
+
+
+class ScanLabelFromFrameProbability(Transform):
+    """The ICAC label on the original scan from the network's probability on the frame.
+
+    The probability is resampled linearly onto the scan (``FromNetworkFrame("linear")``) and
+    thresholded there (``threshold``; the paper's sigmoid unit at 0.5), and every positive voxel is
+    labelled by side (1 = left, 2 = right carotid, ``SplitSides``) by where it lies in the frame,
+    i.e. on the reference head, whose mid-sagittal plane is ``midline_x_mm`` (a side map made on the
+    frame and resampled with nearest neighbour). Thresholding on the frame and resampling the label
+    instead (nearest neighbour) moves every boundary by up to half a frame voxel: on the
+    clinical-grid validation heads of session 7 that lowered the Dice (bundle README, "Session 7").
+    The 130 HU rule is applied afterwards, on the scan (``HUThresholdd``).
+
+    Args:
+        threshold: probability at or below which a voxel is background.
+        midline_x_mm: world x of the reference head's mid-sagittal plane (mm).
+    """
+
+    def __init__(self, threshold: float = 0.5, midline_x_mm: float | None = 0.0):
+        from ctbundles.transforms.icac_supervision import SplitSides
+
+        if not 0.0 <= float(threshold) < 1.0:
+            raise ValueError(f"ScanLabelFromFrameProbability: threshold must be in [0, 1), got {threshold}")
+        self.threshold = float(threshold)
+        self.sides = SplitSides(midline_x_mm)
+        self.to_scan = FromNetworkFrame("linear")
+        self.label_to_scan = FromNetworkFrame("nearest")
+
+    def __call__(self, prob, frame_meta: Mapping | None = None) -> MetaTensor:
+        on_frame = prob if isinstance(prob, MetaTensor) else MetaTensor(torch.as_tensor(prob))
+        side_frame = self.sides(MetaTensor(torch.ones_like(on_frame.as_tensor()), affine=on_frame.affine))
+        scan_prob = self.to_scan(on_frame, frame_meta)
+        side_frame = side_frame.as_tensor() if isinstance(side_frame, MetaTensor) else torch.as_tensor(side_frame)
+        side = self.label_to_scan(MetaTensor(side_frame, affine=on_frame.affine, meta={}),
+                                  frame_meta if frame_meta is not None else on_frame.meta.get("icac_frame"))
+        label = (scan_prob.as_tensor() > self.threshold).to(torch.float32) * side.as_tensor()
+        return MetaTensor(label, affine=scan_prob.affine, meta=scan_prob.meta)
+
+
+class ScanLabelFromFrameProbabilityd(MapTransform):
+    """Dictionary version of ``ScanLabelFromFrameProbability``; ``frame_key`` holds the ``icac_frame`` metadata."""
+
+    def __init__(self, keys: KeysCollection, frame_key: str = "image", threshold: float = 0.5,
+                 midline_x_mm: float | None = 0.0, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.frame_key = frame_key
+        self.op = ScanLabelFromFrameProbability(threshold, midline_x_mm)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)

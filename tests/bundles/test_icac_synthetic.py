@@ -114,6 +114,40 @@ def test_registered_overlays_change_only_the_run(overlay, epoch, lr):
     assert parser.get_parsed_content("register_to_reference") is False
 
 
+def test_paper_width_overlay_widens_the_network_and_loads_the_widened_shipped_weights(tmp_path):
+    """configs/train_paper_width.json (session 7, README "Session 7"): the paper's features on the session-6
+    recipe, 12 epochs, lr 3e-4 then 3e-5 after epoch 9, validation every 3, checkpoint by validation Dice; its
+    warm start, scripts/widen_checkpoint.py on the shipped weights, loads strictly and computes what they do."""
+    names = ("train.json", "train_synthetic.json", "train_registered_clinical.json")
+    base, parser = _parser(*names), _parser(*names, "train_paper_width.json")
+    assert parser.get_parsed_content("features") == _parser("paper_network.json").get_parsed_content("features") == [16, 32, 64]
+    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (12, 3)
+    handler = parser.get_parsed_content("train#handlers#0")
+    assert handler.values(9)["lr"] == pytest.approx(3e-4) and handler.values(10)["lr"] == pytest.approx(3e-5)
+    assert list(parser["validate#key_metric"]) == ["val_mean_dice"]
+    for key in ("patch_size", "dropout", "sample_ratios", "pos_weight", "register_to_reference"):
+        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
+
+    spec = importlib.util.spec_from_file_location("widen_checkpoint", BUNDLE / "scripts" / "widen_checkpoint.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "wide.pt"
+    assert script.main(["--ckpt", str(BUNDLE / "models" / "model.pt"), "--old_features", "4", "8", "16",
+                        "--new_features", "16", "32", "64", "--out", str(out)]) == 0
+    wide = parser.get_parsed_content("network_def")
+    wide.load_state_dict(torch.load(out, map_location="cpu"), strict=True)
+    narrow = _parser("inference.json").get_parsed_content("network_def")
+    narrow.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu"), strict=True)
+    x = torch.rand(1, 1, 97, 97, 41)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.eval()(x), narrow.eval()(x), rtol=0, atol=1e-4)
+    # a wrong width is refused with a message naming the file, and nothing is written
+    bad = tmp_path / "bad.pt"
+    assert script.main(["--ckpt", str(BUNDLE / "models" / "model.pt"), "--old_features", "8", "16", "32",
+                        "--new_features", "16", "32", "64", "--out", str(bad)]) == 2
+    assert not bad.exists()
+
+
 @pytest.mark.parametrize("overlays, selected", [
     (("train_synthetic.json",), 3),  # the paper's rule: lowest validation loss
     (("train_synthetic.json", "train_registered_clinical.json"), 2),  # session 6: highest validation Dice

@@ -13,6 +13,7 @@ from ctbundles.synthetic.head import reference_head
 from ctbundles.transforms.calcium_transforms import ICACVolume
 from ctbundles.transforms.icac_frame import (
     FromNetworkFrame,
+    ScanLabelFromFrameProbability,
     ToNetworkFramed,
     coverage_warning,
     frame_affine,
@@ -197,3 +198,32 @@ def test_edge_fill_repeats_the_end_slices_instead_of_air():
     assert "filled with the scan's end slices repeated along z" in coverage_warning(edge["image"].meta["icac_frame"])
     with pytest.raises(ValueError, match="outside_fill"):
         ToNetworkFramed("image", outside_fill="mirror", **frame)
+
+
+def test_probability_goes_back_linearly_and_is_thresholded_on_the_scan():
+    """A frame of 4 mm in-plane over a 2 mm scan (no registration). On the frame the probability rises
+    linearly along x on the right, p = 0.5 + (x - 10.1 mm) / 40 mm, and is 0.9 on three columns of voxels
+    at x = -30, -26, -22 mm on the left. Resampled linearly and thresholded on the scan, the right-hand
+    boundary falls at x = 10.1 mm to the scan's 2 mm (x = 12 ... 38 mm, the frame's last column; label 2), and the left plateau keeps
+    scan voxels x = -30 ... -22 mm (label 1): its linear flanks reach 0.5 at -31.8 and -20.2 mm. A
+    label thresholded on the frame and resampled with nearest neighbour cannot place the boundary
+    closer than the frame's 4 mm."""
+    frame = dict(frame_shape=(20, 20, 30), frame_spacing=(4.0, 4.0, 2.0), frame_centre_mm=(0.0, 0.0, -40.0), register=False)
+    framed = ToNetworkFramed("image", **frame)({"image": _slab_scan(-79.0, 51)})["image"]
+    x_frame = -38.0 + 4.0 * np.arange(20)
+    prob = np.where(x_frame > 0, np.clip(0.5 + (x_frame - 10.1) / 40.0, 0.0, 1.0), 0.0)
+    prob[np.isin(x_frame, (-30.0, -26.0, -22.0))] = 0.9
+    p = MetaTensor(torch.as_tensor(np.broadcast_to(prob[:, None, None], (20, 20, 30)).copy(), dtype=torch.float32)[None],
+                   affine=framed.affine, meta={"icac_frame": framed.meta["icac_frame"]})
+    label = ScanLabelFromFrameProbability(threshold=0.5, midline_x_mm=0.0)(p)
+    assert tuple(label.shape) == (1, 61, 61, 51)
+    np.testing.assert_allclose(np.asarray(label.affine), np.asarray(_slab_scan(-79.0, 51).affine))
+    x_scan = -60.0 + 2.0 * np.arange(61)
+    inside = label[0, :, 12:49, 6:35].numpy()  # scan y in [-36, 36] mm and z in [-67, -11] mm: inside the frame
+    expected = np.where((x_scan >= 12.0) & (x_scan <= 38.0), 2.0, np.where((x_scan >= -30.0) & (x_scan <= -22.0), 1.0, 0.0))
+    assert np.all(inside == expected[:, None, None])
+    assert float(label[0, :, :, :5].sum()) == 0.0  # below the frame: background
+    with pytest.raises(ValueError, match="threshold"):
+        ScanLabelFromFrameProbability(threshold=1.5)
+    with pytest.raises(ValueError, match="interpolation"):
+        FromNetworkFrame("cubic")
