@@ -336,14 +336,11 @@ class FromNetworkFrame(Transform):
         return MetaTensor(data, affine=torch.as_tensor(source_affine), meta=meta)
 
 
-class FromNetworkFramed(MapTransform):
-    """Dictionary version of ``FromNetworkFrame``; ``frame_key`` names the item holding the metadata."""
+class _WithFrameMetad(MapTransform):
+    """Applies ``self.op(array, frame_meta)`` to each key, with the ``icac_frame`` metadata of ``frame_key``."""
 
-    def __init__(self, keys: KeysCollection, frame_key: str = "image", interpolation: str = "nearest",
-                 allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.frame_key = frame_key
-        self.op = FromNetworkFrame(interpolation)
+    frame_key: str
+    op: Transform
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -352,6 +349,16 @@ class FromNetworkFramed(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.op(d[key], info)
         return d
+
+
+class FromNetworkFramed(_WithFrameMetad):
+    """Dictionary version of ``FromNetworkFrame``; ``frame_key`` names the item holding the metadata."""
+
+    def __init__(self, keys: KeysCollection, frame_key: str = "image", interpolation: str = "nearest",
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.frame_key = frame_key
+        self.op = FromNetworkFrame(interpolation)
 
 
 class ScanLabelFromFrameProbability(Transform):
@@ -392,7 +399,7 @@ class ScanLabelFromFrameProbability(Transform):
         return MetaTensor(label, affine=scan_prob.affine, meta=scan_prob.meta)
 
 
-class ScanLabelFromFrameProbabilityd(MapTransform):
+class ScanLabelFromFrameProbabilityd(_WithFrameMetad):
     """Dictionary version of ``ScanLabelFromFrameProbability``; ``frame_key`` holds the ``icac_frame`` metadata."""
 
     def __init__(self, keys: KeysCollection, frame_key: str = "image", threshold: float = 0.5,
@@ -401,10 +408,3 @@ class ScanLabelFromFrameProbabilityd(MapTransform):
         self.frame_key = frame_key
         self.op = ScanLabelFromFrameProbability(threshold, midline_x_mm)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        src = d.get(self.frame_key)
-        info = src.meta.get("icac_frame") if isinstance(src, MetaTensor) else None
-        for key in self.key_iterator(d):
-            d[key] = self.op(d[key], info)
-        return d

@@ -14,6 +14,7 @@ from ctbundles.transforms.calcium_transforms import ICACVolume
 from ctbundles.transforms.icac_frame import (
     FromNetworkFrame,
     ScanLabelFromFrameProbability,
+    ScanLabelFromFrameProbabilityd,
     ToNetworkFramed,
     coverage_warning,
     frame_affine,
@@ -223,6 +224,10 @@ def test_probability_goes_back_linearly_and_is_thresholded_on_the_scan():
     expected = np.where((x_scan >= 12.0) & (x_scan <= 38.0), 2.0, np.where((x_scan >= -30.0) & (x_scan <= -22.0), 1.0, 0.0))
     assert np.all(inside == expected[:, None, None])
     assert float(label[0, :, :, :5].sum()) == 0.0  # below the frame: background
+    # the dictionary version (inference.json) reads the frame metadata from the image item
+    bare = MetaTensor(p.as_tensor(), affine=framed.affine)
+    out = ScanLabelFromFrameProbabilityd("pred", frame_key="image")({"image": framed, "pred": bare})["pred"]
+    assert torch.equal(out.as_tensor(), label.as_tensor())
     with pytest.raises(ValueError, match="threshold"):
         ScanLabelFromFrameProbability(threshold=1.5)
     with pytest.raises(ValueError, match="interpolation"):
