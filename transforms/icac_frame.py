@@ -36,6 +36,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from ctbundles.switches import require_bool
+from ctbundles.transforms.icac_supervision import SplitSides
 
 __all__ = ["to_sitk", "initial_alignment", "register_rigid", "frame_affine", "frame_coverage", "coverage_warning", "ToNetworkFrame", "ToNetworkFramed", "FromNetworkFrame",
            "FromNetworkFramed", "ScanLabelFromFrameProbability",
@@ -379,8 +380,6 @@ class ScanLabelFromFrameProbability(Transform):
     """
 
     def __init__(self, threshold: float = 0.5, midline_x_mm: float | None = 0.0):
-        from ctbundles.transforms.icac_supervision import SplitSides
-
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(f"ScanLabelFromFrameProbability: threshold must be in [0, 1), got {threshold}")
         self.threshold = float(threshold)
