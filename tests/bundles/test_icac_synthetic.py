@@ -148,6 +148,26 @@ def test_paper_width_overlay_widens_the_network_and_loads_the_widened_shipped_we
     assert not bad.exists()
 
 
+def test_paper_width_inference_overlay_loads_its_weights():
+    """configs/inference_paper_width.json: the paper's features, models/model_paper_width.pt loaded strictly by
+    inference.json's CheckpointLoader, one whole-frame window (the tiling reproduces a whole-volume pass:
+    tests/networks/test_icac_inferer.py). The widened weights moved in training: they differ from 0.5.0's."""
+    parser = _parser("inference.json", "inference_paper_width.json")
+    parser["bundle_root"] = str(BUNDLE)
+    assert parser.get_parsed_content("features") == [16, 32, 64]
+    assert parser.get_parsed_content("patch_size") == [325, 325, 136] and parser.get_parsed_content("overlap") == 0.0
+    net = parser.get_parsed_content("network_def").eval()
+    loader = parser.get_parsed_content("handlers#0")
+    assert loader.load_path.endswith("models/model_paper_width.pt") and loader.strict
+    state = torch.load(loader.load_path, map_location="cpu")
+    net.load_state_dict(state, strict=True)
+    old = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu")
+    assert not torch.equal(state["block8.conv2.weight"][:4, :4], old["block8.conv2.weight"])
+    with torch.no_grad():
+        out = net(torch.rand(1, 1, 97, 97, 41))
+    assert out.shape == (1, 1, 16, 16, 5) and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("overlays, selected", [
     (("train_synthetic.json",), 3),  # the paper's rule: lowest validation loss
     (("train_synthetic.json", "train_registered_clinical.json"), 2),  # session 6: highest validation Dice
