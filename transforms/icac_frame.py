@@ -338,10 +338,12 @@ class FromNetworkFrame(Transform):
 
 
 class _WithFrameMetad(MapTransform):
-    """Applies ``self.op(array, frame_meta)`` to each key, with the ``icac_frame`` metadata of ``frame_key``."""
+    """Applies ``op(array, frame_meta)`` to each key, with the ``icac_frame`` metadata of ``frame_key``."""
 
-    frame_key: str
-    op: Transform
+    def __init__(self, keys: KeysCollection, frame_key: str, op: Transform, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.frame_key = frame_key
+        self.op = op
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -357,9 +359,7 @@ class FromNetworkFramed(_WithFrameMetad):
 
     def __init__(self, keys: KeysCollection, frame_key: str = "image", interpolation: str = "nearest",
                  allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.frame_key = frame_key
-        self.op = FromNetworkFrame(interpolation)
+        super().__init__(keys, frame_key, FromNetworkFrame(interpolation), allow_missing_keys)
 
 
 class ScanLabelFromFrameProbability(Transform):
@@ -389,11 +389,9 @@ class ScanLabelFromFrameProbability(Transform):
 
     def __call__(self, prob, frame_meta: Mapping | None = None) -> MetaTensor:
         on_frame = prob if isinstance(prob, MetaTensor) else MetaTensor(torch.as_tensor(prob))
-        side_frame = self.sides(MetaTensor(torch.ones_like(on_frame.as_tensor()), affine=on_frame.affine))
-        scan_prob = self.to_scan(on_frame, frame_meta)
-        side_frame = side_frame.as_tensor() if isinstance(side_frame, MetaTensor) else torch.as_tensor(side_frame)
-        side = self.label_to_scan(MetaTensor(side_frame, affine=on_frame.affine, meta={}),
-                                  frame_meta if frame_meta is not None else on_frame.meta.get("icac_frame"))
+        info = frame_meta if frame_meta is not None else on_frame.meta.get("icac_frame")
+        scan_prob = self.to_scan(on_frame, info)
+        side = self.label_to_scan(self.sides(MetaTensor(torch.ones_like(on_frame.as_tensor()), affine=on_frame.affine)), info)
         label = (scan_prob.as_tensor() > self.threshold).to(torch.float32) * side.as_tensor()
         return MetaTensor(label, affine=scan_prob.affine, meta=scan_prob.meta)
 
@@ -403,7 +401,5 @@ class ScanLabelFromFrameProbabilityd(_WithFrameMetad):
 
     def __init__(self, keys: KeysCollection, frame_key: str = "image", threshold: float = 0.5,
                  midline_x_mm: float | None = 0.0, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.frame_key = frame_key
-        self.op = ScanLabelFromFrameProbability(threshold, midline_x_mm)
+        super().__init__(keys, frame_key, ScanLabelFromFrameProbability(threshold, midline_x_mm), allow_missing_keys)
 
