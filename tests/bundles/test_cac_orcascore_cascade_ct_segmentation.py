@@ -221,7 +221,7 @@ def test_shipped_histogram_reference_is_the_default_and_loads():
 
 
 def test_inference_stage1_sees_the_unmatched_scan_and_stages_2_3_the_matched_one():
-    """Version 0.5.0 (docs/README.md, Performance): stage 1 was trained without histogram matching, so
+    """Version 0.5.0 (docs/training_log.md, "Version 0.5.0"): stage 1 was trained without histogram matching, so
     ``inference.json`` gives it the scan only scaled from [-1000, 1500] HU to [0, 1]; ``calcium_input``
     (the inferer's ``calcium_input_transform``) undoes that scaling, matches the volume to the reference
     and scales again, which equals the matching-then-scaling that stages 2-3 were trained on
