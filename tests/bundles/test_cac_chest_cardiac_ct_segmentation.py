@@ -416,7 +416,7 @@ def test_stage5_training_label_keeps_the_plaque_rims(calcified_cohort):
     exactly the pixels >= 130 HU of the resized image whose nearest-exact region label is set; the
     stage-4 label (thresholded before the resize) lies inside it and is strictly smaller (60 against
     67 label pixels on these cases when this was written): it drops the rim pixels that the
-    validation error analysis found missing (docs/README.md, stage 5-RIM)."""
+    validation error analysis found missing (docs/training_log.md, "Session 5", stage 5-RIM)."""
     from monai.transforms import Resized
 
     small = {"in_plane_size": [128, 128], "crop_min": 128, "crop_max": 128, "patch_size": [96, 96], "num_workers": 0,
@@ -475,8 +475,9 @@ def test_stage6_overlay_adds_an_epoch_checkpoint_saver():
 
 
 def test_stage6_overlay_caps_candidates_and_saves_every_second_epoch(calcified_cohort, tmp_path):
-    """configs/train_synthetic_stage6.json (docs/README.md, stage 6): stage 5-RIM's training label
-    (the cache keeps the label region, validation scores label AND >= 130 HU), hard-negative
+    """configs/train_synthetic_stage6.json (docs/README.md, deviation 10; docs/training_log.md, "Session 6"):
+    stage 5-RIM's training label (the cache keeps the label region, validation scores label AND >= 130 HU),
+    hard-negative
     candidates capped at 32 pixels instead of 100, and a CheckpointSaver on the trainer that writes
     <ckpt_dir>/stage6/model_epoch=N.pt every 2 epochs. The validation loop (val_interval 100) does not
     run in 12 epochs, so models/model.pt is never overwritten. Run here for 4 epochs of one batch on
