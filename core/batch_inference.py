@@ -151,6 +151,10 @@ class BundleRunner:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.image_key = image_key
         self.parser = read_bundle_config(self.bundle, config_files, {"output_dir": str(self.output_dir), **dict(overrides or {})})
+        # the runner feeds the evaluator one case at a time (run_case), so the config's own datalist, which
+        # lists (and checks) dataset_dir, is only evaluated by datalist(folder)
+        self._datalist = self.parser["datalist"]
+        self.parser["datalist"] = []
         for i in range(len(self.parser.get("initialize", []) or [])):
             self.parser.get_parsed_content(f"initialize#{i}")
         self.evaluator = self.parser.get_parsed_content("evaluator")
@@ -170,8 +174,13 @@ class BundleRunner:
         from monai.bundle import ConfigParser
 
         p = ConfigParser(self.parser.get())
-        p.update({"dataset_dir": str(Path(folder).resolve())})
-        return list(p.get_parsed_content("datalist"))
+        p.update({"dataset_dir": str(Path(folder).resolve()), "datalist": self._datalist})
+        try:
+            return list(p.get_parsed_content("datalist"))
+        except RuntimeError as err:  # MONAI wraps the expression's error; the user needs ours (folder, problem)
+            if isinstance(err.__cause__, CTInputError):
+                raise err.__cause__ from None
+            raise
 
     def networks(self) -> list[Any]:
         """Every ``torch.nn.Module`` the config instantiates at top level (for timing hooks)."""

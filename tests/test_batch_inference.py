@@ -258,3 +258,15 @@ def test_random_weight_copy_fills_the_stage_weights_the_config_loads(tmp_path):
     copy = bundle_with_random_weights(BUNDLES_DIR / "cac_orcascore_cascade_ct_segmentation", tmp_path / "cascade")
     assert sorted(p.name for p in (copy / "models").glob("*.pt")) == ["model.pt", "model_fp.pt", "model_roi.pt"]  # stage 3 on as shipped
     assert missing_weights(copy) == []
+
+
+def test_a_folder_without_scans_is_refused_naming_it(tiny_bundle, cohort, tmp_path):
+    """The bundle's own datalist (ctbundles.datasets.scan_folder) refuses a folder with no scan; the runner
+    passes that error on unwrapped, so `ctbundles batch` names the folder instead of running nothing."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no scans here")
+    runner = BundleRunner(tiny_bundle, tmp_path / "eval", TINY)
+    with pytest.raises(CTInputError, match=r"empty: no scans to read in dataset_dir"):
+        runner.datalist(empty)
+    assert [Path(p).name for p in runner.datalist(cohort)] == sorted(p.name for p in cohort.iterdir())
