@@ -97,8 +97,8 @@ def initial_alignment(moving: sitk.Image, fixed: sitk.Image,
     The moments are taken of the HU clipped to ``clip_hu`` and shifted so that the lower bound is 0
     (air and everything below weigh nothing, the head is the mass). On clipped HU without the shift
     air is negative mass and the "centre of mass" of a scan is decided by its field of view: on
-    posed synthetic heads of 400 x 400 x 150 voxels of 0.5 mm the start was 60-100 mm off, and the
-    optimiser recovered from it only for some heads (session 4 diagnosis, bundle README).
+    posed synthetic heads of 400 x 400 x 150 voxels of 0.5 mm the start was 48-134 mm off, and the
+    optimiser recovered from it only for some heads (bundle docs/training_log.md, "Registered heads (0.4.1)").
     """
     return _moments_start(_clamp_hu(moving, clip_hu), _clamp_hu(fixed, clip_hu), clip_hu[0])
 
@@ -371,7 +371,7 @@ class ScanLabelFromFrameProbability(Transform):
     i.e. on the reference head, whose mid-sagittal plane is ``midline_x_mm`` (a side map made on the
     frame and resampled with nearest neighbour). Thresholding on the frame and resampling the label
     instead (nearest neighbour) moves every boundary by up to half a frame voxel: on the
-    clinical-grid validation heads of session 7 that lowered the Dice (bundle README, "Session 7").
+    clinical-grid validation heads of session 7 that lowered the Dice (bundle docs/training_log.md, "Session 7").
     The 130 HU rule is applied afterwards, on the scan (``HUThresholdd``).
 
     Args:

@@ -5,7 +5,8 @@ measured (gradient of one output voxel), the training patch gives a non-empty ou
 validation window covers the synthetic frame in one pass, and the schedules are the paper's
 scaled to the recipe's epoch count. The training patches must supervise ICAC wherever it lies in
 the frame (regression test of session 1's sampling bug). inference.json loads the shipped
-``models/model.pt`` strictly, and the paper-width overlay restores features (16, 32, 64).
+``models/model.pt`` (the paper's features (16, 32, 64) since 0.7.0) strictly, and the reduced-width overlay
+loads the 0.5.0 weights of features (4, 8, 16).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def test_synthetic_overlay_keeps_the_architecture_and_receptive_field():
     parser = _parser("train.json", "train_synthetic.json")
     net = parser.get_parsed_content("network_def")
     widths = sorted({m.out_channels for m in net.modules() if isinstance(m, nn.Conv3d) and m.out_channels > 1})
-    assert widths == [4, 8, 16]
+    assert widths == [16, 32, 64]
     assert net.num_layers() == 23 and len(net.heads) == 6
     # measured receptive field of one output voxel with positive averaging weights
     for m in net.modules():
@@ -85,7 +86,7 @@ def test_synthetic_schedules_over_36_epochs(epoch, lr):
     assert "momentum" not in optimizer.param_groups[0]  # the SGD momentum schedule does not apply to Adam
 
 
-# configs/train_registered.json (session 5, README "Session 5"): 30 epochs, lr / 10 after epoch 20, validation
+# configs/train_registered.json (session 5, docs/training_log.md "Session 5"): 30 epochs, lr / 10 after epoch 20, validation
 # every 5, same warm start; configs/train_registered_clinical.json (session 6, "Session 6"): 4 epochs, Adam lr
 # 3e-4 then 3e-5 after epoch 3, validation every 2 (warm start from session 5's run 2). Both: positive weight 1,
 # no auxiliary losses, and the rest is train_synthetic.json's (no registration in training: the frames are
@@ -114,13 +115,14 @@ def test_registered_overlays_change_only_the_run(overlay, epoch, lr):
     assert parser.get_parsed_content("register_to_reference") is False
 
 
-def test_paper_width_overlay_widens_the_network_and_loads_the_widened_shipped_weights(tmp_path):
-    """configs/train_paper_width.json (session 7, README "Session 7"): the paper's features on the session-6
+def test_paper_width_overlay_widens_the_network_and_loads_the_widened_reduced_weights(tmp_path):
+    """configs/train_paper_width.json (training log, sessions 7-8): the paper's features on the session-6
     recipe, 12 epochs, lr 3e-4 then 3e-5 after epoch 9, validation every 3, checkpoint by validation Dice; its
-    warm start, scripts/widen_checkpoint.py on the shipped weights, loads strictly and computes what they do."""
+    first warm start, scripts/widen_checkpoint.py on the reduced-width weights, loads strictly and computes
+    what they do."""
     names = ("train.json", "train_synthetic.json", "train_registered_clinical.json")
     base, parser = _parser(*names), _parser(*names, "train_paper_width.json")
-    assert parser.get_parsed_content("features") == _parser("paper_network.json").get_parsed_content("features") == [16, 32, 64]
+    assert parser.get_parsed_content("features") == base.get_parsed_content("features") == [16, 32, 64]
     assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (12, 3)
     handler = parser.get_parsed_content("train#handlers#0")
     assert handler.values(9)["lr"] == pytest.approx(3e-4) and handler.values(10)["lr"] == pytest.approx(3e-5)
@@ -131,41 +133,60 @@ def test_paper_width_overlay_widens_the_network_and_loads_the_widened_shipped_we
     spec = importlib.util.spec_from_file_location("widen_checkpoint", BUNDLE / "scripts" / "widen_checkpoint.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    reduced = BUNDLE / "models" / "model_reduced_width.pt"
     out = tmp_path / "wide.pt"
-    assert script.main(["--ckpt", str(BUNDLE / "models" / "model.pt"), "--old_features", "4", "8", "16",
+    assert script.main(["--ckpt", str(reduced), "--old_features", "4", "8", "16",
                         "--new_features", "16", "32", "64", "--out", str(out)]) == 0
     wide = parser.get_parsed_content("network_def")
     wide.load_state_dict(torch.load(out, map_location="cpu"), strict=True)
-    narrow = _parser("inference.json").get_parsed_content("network_def")
-    narrow.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu"), strict=True)
+    narrow = _parser("inference.json", "inference_reduced_width.json").get_parsed_content("network_def")
+    narrow.load_state_dict(torch.load(reduced, map_location="cpu"), strict=True)
     x = torch.rand(1, 1, 97, 97, 41)
     with torch.no_grad():
         torch.testing.assert_close(wide.eval()(x), narrow.eval()(x), rtol=0, atol=1e-4)
     # a wrong width is refused with a message naming the file, and nothing is written
     bad = tmp_path / "bad.pt"
-    assert script.main(["--ckpt", str(BUNDLE / "models" / "model.pt"), "--old_features", "8", "16", "32",
+    assert script.main(["--ckpt", str(reduced), "--old_features", "8", "16", "32",
                         "--new_features", "16", "32", "64", "--out", str(bad)]) == 2
     assert not bad.exists()
 
 
-def test_paper_width_inference_overlay_loads_its_weights():
-    """configs/inference_paper_width.json: the paper's features, models/model_paper_width.pt loaded strictly by
-    inference.json's CheckpointLoader, one whole-frame window (the tiling reproduces a whole-volume pass:
-    tests/networks/test_icac_inferer.py). The widened weights moved in training: they differ from 0.5.0's."""
-    parser = _parser("inference.json", "inference_paper_width.json")
+def test_reduced_width_overlay_loads_its_weights_and_they_differ_from_the_shipped_ones():
+    """configs/inference_reduced_width.json: features (4, 8, 16) and models/model_reduced_width.pt (the 0.5.0
+    weights) loaded strictly by inference.json's CheckpointLoader. The shipped paper-width weights started as
+    their widening and moved in training: their first four channels no longer equal the reduced weights."""
+    parser = _parser("inference.json", "inference_reduced_width.json")
     parser["bundle_root"] = str(BUNDLE)
-    assert parser.get_parsed_content("features") == [16, 32, 64]
-    assert parser.get_parsed_content("patch_size") == [325, 325, 136] and parser.get_parsed_content("overlap") == 0.0
+    assert parser.get_parsed_content("features") == [4, 8, 16]
     net = parser.get_parsed_content("network_def").eval()
     loader = parser.get_parsed_content("handlers#0")
-    assert loader.load_path.endswith("models/model_paper_width.pt") and loader.strict
-    state = torch.load(loader.load_path, map_location="cpu")
-    net.load_state_dict(state, strict=True)
-    old = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu")
-    assert not torch.equal(state["block8.conv2.weight"][:4, :4], old["block8.conv2.weight"])
+    assert loader.load_path.endswith("models/model_reduced_width.pt") and loader.strict
+    reduced = torch.load(loader.load_path, map_location="cpu", weights_only=True)
+    net.load_state_dict(reduced, strict=True)
+    shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert shipped["block8.conv2.weight"].shape[:2] == (16, 16) and reduced["block8.conv2.weight"].shape[:2] == (4, 4)
+    assert not torch.equal(shipped["block8.conv2.weight"][:4, :4], reduced["block8.conv2.weight"])
     with torch.no_grad():
         out = net(torch.rand(1, 1, 97, 97, 41))
     assert out.shape == (1, 1, 16, 16, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("device, patch, overlap", [("cpu", [325, 325, 136], 0.0), ("cuda:0", [178, 178, 98], 0.5)])
+def test_inference_window_is_the_papers_patches_on_gpu_and_the_whole_frame_on_cpu(device, patch, overlap):
+    """On a GPU inference.json tiles the paper's 178 x 178 x 98 patches with overlap 0.5; on a CPU one window
+    whose 244 x 244 x 100 output covers the 240 x 240 x 100 frame (the same logits: the tiling reproduces a
+    whole-volume pass, tests/networks/test_icac_inferer.py; one pass instead of 48)."""
+    parser = _parser("inference.json")
+    parser["device"] = f"$torch.device('{device}')"
+    assert parser.get_parsed_content("patch_size") == patch and parser.get_parsed_content("overlap") == overlap
+    inferer = parser.get_parsed_content("inferer")
+    assert inferer.roi_size == tuple(patch)
+    net = parser.get_parsed_content("network_def")
+    if device == "cpu":
+        frame = parser.get_parsed_content("frame_shape")
+        assert all(o >= f for o, f in zip(net.output_size(patch), frame))
+    else:
+        assert net.output_size(patch) == (96, 96, 62)
 
 
 @pytest.mark.parametrize("overlays, selected", [
@@ -275,20 +296,19 @@ def test_training_patches_supervise_icac_at_the_frame_edge():
         assert float(out["image"].min()) == 0.0 and float(out["label"].min()) == -1.0
 
 
-def test_inference_loads_the_shipped_weights_and_paper_overlay_restores_the_width():
+def test_inference_loads_the_shipped_weights_at_the_papers_width():
     weights = BUNDLE / "models" / "model.pt"
     assert weights.stat().st_size < 25 * 2**20
     parser = _parser("inference.json")
     assert parser.get_parsed_content("handlers#0#load_path").endswith("models/model.pt")
     net = parser.get_parsed_content("network_def")
+    assert sum(p.numel() for p in net.parameters()) == 842613  # about 0.84 M parameters at features 16/32/64
+    widths = sorted({m.out_channels for m in net.modules() if isinstance(m, nn.Conv3d) and m.out_channels > 1})
+    assert widths == [16, 32, 64]
     state = torch.load(weights, map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("model", state), strict=True)
     train_net = _parser("train.json").get_parsed_content("network_def")
     train_net.load_state_dict(state.get("model", state), strict=True)  # training output loads in inference
-    paper = _parser("inference.json", "paper_network.json").get_parsed_content("network_def")
-    assert sum(p.numel() for p in paper.parameters()) == 842613  # about 0.84 M parameters at features 16/32/64
-    widths = sorted({m.out_channels for m in paper.modules() if isinstance(m, nn.Conv3d) and m.out_channels > 1})
-    assert widths == [16, 32, 64]
 
 
 def _cohort_script():

@@ -1,4 +1,4 @@
-"""Function-preserving widening of the ICAC FCN (warm start at the paper's width, bundle README "Session 7")."""
+"""Function-preserving widening of the ICAC FCN (warm start at the paper's width, bundle docs/training_log.md, "Session 7")."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Widen a trained ICAC FCN checkpoint to more feature maps per level, computing the same function.
 
-The warm start of session 7 (``docs/README.md``, "Session 7"): the reduced-width weights
-(``features`` [4, 8, 16]) become a checkpoint of the paper's width [16, 32, 64] (Bortsova et al.,
+The warm start of session 7 (``docs/training_log.md``, "Session 7"): the reduced-width weights
+(``features`` [4, 8, 16], shipped as ``models/model_reduced_width.pt`` since 0.7.0) become a checkpoint of the paper's width [16, 32, 64] (Bortsova et al.,
 MICCAI 2017, Fig. 1) whose output equals theirs (``ctbundles.networks.icac_fcn_widening``), so
 fine-tuning at the paper's width starts from what the narrow network learned, not from scratch.
 
 Usage (from the bundle folder)::
 
-    python scripts/widen_checkpoint.py --ckpt models/model.pt --old_features 4 8 16 \
+    python scripts/widen_checkpoint.py --ckpt models/model_reduced_width.pt --old_features 4 8 16 \
         --new_features 16 32 64 --out /tmp/icac7/wide_init.pt
 
 The script checks on a random volume that the two networks agree (eval mode) before writing, and
