@@ -1,4 +1,5 @@
-"""ctbundles.networks: one network per module, named after the paper's model, and their inferers."""
+"""ctbundles.networks: one network per module, named after the paper's model, their inferers, and a CPU
+mixed-precision wrapper for MONAI's engines (``mixed_precision``)."""
 
 from ctbundles.lazy_exports import lazy_exports
 
@@ -13,4 +14,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "OrcaScoreEncoderUNet": "orcascore_encoder_unet",
     "ZeroPadShortcut": "orcascore_encoder_unet",
     "OrcaScoreCascadeInferer": "orcascore_cascade",
+    "AutocastForward": "mixed_precision",
 })

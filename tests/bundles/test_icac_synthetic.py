@@ -27,6 +27,7 @@ from monai.transforms import Compose
 from torch import nn
 
 from ctbundles.losses.icac_masked_ce import crop_target
+from ctbundles.networks.mixed_precision import AutocastForward
 from ctbundles.synthetic.head import generate_head
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "icac_ct_segmentation"
@@ -169,6 +170,45 @@ def test_reduced_width_overlay_loads_its_weights_and_they_differ_from_the_shippe
     with torch.no_grad():
         out = net(torch.rand(1, 1, 97, 97, 41))
     assert out.shape == (1, 1, 16, 16, 5) and torch.isfinite(out).all()
+
+
+def test_cpu_bf16_overlay_wraps_the_engines_network_and_saves_the_network_itself():
+    """configs/train_cpu_bf16.json (training log, "Session 9"): the trainer and the evaluator run the network
+    under CPU bfloat16 autocast, while the optimiser, the warm start and the checkpoint saver keep working on
+    @network itself, so a checkpoint of such a run loads strictly into inference.json."""
+    names = ("train.json", "train_synthetic.json", "train_registered_clinical.json", "train_paper_width.json")
+    parser = _parser(*names, "train_cpu_bf16.json")
+    net = parser.get_parsed_content("network")
+    for key in ("train#trainer#network", "validate#evaluator#network"):
+        wrapped = parser.get_parsed_content(key)
+        assert isinstance(wrapped, AutocastForward) and wrapped.network is net
+        assert (wrapped.device_type, wrapped.dtype, wrapped.enabled) == ("cpu", torch.bfloat16, True)
+    params = parser.get_parsed_content("optimizer").param_groups[0]["params"]
+    assert len(params) == len(list(net.parameters())) and all(a is b for a, b in zip(params, net.parameters()))
+    loader = [h for h in parser["train#handlers"] if h.get("_target_") == "CheckpointLoader"]
+    assert loader and loader[0]["load_dict"] == {"model": "@network"}  # the warm start
+    saver = [h for h in parser["validate#handlers"] if h.get("_target_") == "CheckpointSaver"]
+    assert saver and saver[0]["save_dict"] == {"model": "@network"}
+    base = _parser(*names)
+    for key in ("patch_size", "epochs", "learning_rate", "features", "pos_weight", "train#trainer#amp"):
+        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
+
+
+def test_paper_patch_overlay_restores_the_papers_training_patch_and_changes_only_the_run():
+    """configs/train_paper_patch.json (training log, "Session 9", tried and not shipped): train.json's paper
+    patch 178 x 178 x 98 (whose valid-convolution output is 96 x 96 x 62, 26 times the 36 x 36 x 17 of the
+    117 x 117 x 53 recipe patch), Adam 1e-4 for 6 epochs then 1e-5, 8 epochs, validation every 2."""
+    names = ("train.json", "train_synthetic.json", "train_registered_clinical.json", "train_paper_width.json")
+    base, parser = _parser(*names), _parser(*names, "train_cpu_bf16.json", "train_paper_patch.json")
+    patch = parser.get_parsed_content("patch_size")
+    assert patch == _parser("train.json").get_parsed_content("patch_size") == [178, 178, 98]
+    net = parser.get_parsed_content("network_def")
+    assert net.output_size(patch) == (96, 96, 62) and net.output_size(base.get_parsed_content("patch_size")) == (36, 36, 17)
+    assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (8, 2)
+    handler = parser.get_parsed_content("train#handlers#0")
+    assert handler.values(6)["lr"] == pytest.approx(1e-4) and handler.values(7)["lr"] == pytest.approx(1e-5)
+    for key in ("features", "dropout", "sample_ratios", "sample_margin", "pos_weight", "val_roi_size"):
+        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
 
 
 @pytest.mark.parametrize("device, patch, overlap", [
