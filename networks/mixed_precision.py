@@ -5,9 +5,9 @@ CUDA only. On a CPU with bfloat16 instructions (AVX512-BF16, AMX) ``torch.autoca
 torch.bfloat16)`` runs the convolutions 2.5-4x faster (ICAC FCN at the paper's width, 2 threads of
 an AMD EPYC with AVX512-BF16: 2.08 -> 0.83 s per training step for a 117 x 117 x 53 patch,
 25-27 -> 6.5 s for the paper's 178 x 178 x 98 patch with channels_last_3d memory; docs of the ICAC
-bundle, training log, session 9). :class:`AutocastForward` wraps a network so that the trainer and evaluator stay the
-stock MONAI engines: the parameters, their gradients and the optimiser state stay float32, and the
-outputs are returned as float32, so losses and metrics are computed as before.
+bundle, training log, session 9). :class:`AutocastForward` wraps a network so that the trainer and
+evaluator stay the stock MONAI engines: the parameters, their gradients and the optimiser state stay
+float32, and the outputs are returned as float32, so losses and metrics are computed as before.
 
 The wrapper holds the network as ``network``; save and load checkpoints of the wrapped network
 (the bundle's ``@network``), not of the wrapper, so that the weights load in a float32 inference.

@@ -32,6 +32,8 @@ from ctbundles.synthetic.head import generate_head
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "icac_ct_segmentation"
 CONFIGS = BUNDLE / "configs"
+#: the overlays of the paper-width fine-tune (training log, sessions 7-9), merged in this order
+PAPER_WIDTH_RECIPE = ("train.json", "train_synthetic.json", "train_registered_clinical.json", "train_paper_width.json")
 
 
 def _parser(*names) -> ConfigParser:
@@ -176,7 +178,7 @@ def test_cpu_bf16_overlay_wraps_the_engines_network_and_saves_the_network_itself
     """configs/train_cpu_bf16.json (training log, "Session 9"): the trainer and the evaluator run the network
     under CPU bfloat16 autocast, while the optimiser, the warm start and the checkpoint saver keep working on
     @network itself, so a checkpoint of such a run loads strictly into inference.json."""
-    names = ("train.json", "train_synthetic.json", "train_registered_clinical.json", "train_paper_width.json")
+    names = PAPER_WIDTH_RECIPE
     parser = _parser(*names, "train_cpu_bf16.json")
     net = parser.get_parsed_content("network")
     for key in ("train#trainer#network", "validate#evaluator#network"):
@@ -198,7 +200,7 @@ def test_paper_patch_overlay_restores_the_papers_training_patch_and_changes_only
     """configs/train_paper_patch.json (training log, "Session 9", tried and not shipped): train.json's paper
     patch 178 x 178 x 98 (whose valid-convolution output is 96 x 96 x 62, 26 times the 36 x 36 x 17 of the
     117 x 117 x 53 recipe patch), Adam 1e-4 for 6 epochs then 1e-5, 8 epochs, validation every 2."""
-    names = ("train.json", "train_synthetic.json", "train_registered_clinical.json", "train_paper_width.json")
+    names = PAPER_WIDTH_RECIPE
     base, parser = _parser(*names), _parser(*names, "train_cpu_bf16.json", "train_paper_patch.json")
     patch = parser.get_parsed_content("patch_size")
     assert patch == _parser("train.json").get_parsed_content("patch_size") == [178, 178, 98]
