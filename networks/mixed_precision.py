@@ -1,4 +1,4 @@
-"""Mixed-precision forward pass for training and validating on a CPU.
+"""Mixed-precision forward pass for training, validation and inference on a CPU.
 
 MONAI's ``SupervisedTrainer(amp=True)`` and ``SupervisedEvaluator(amp=True)`` autocast to float16 on
 CUDA only. On a CPU with bfloat16 instructions (AVX512-BF16, AMX) ``torch.autocast("cpu",
@@ -11,6 +11,8 @@ float32, and the outputs are returned as float32, so losses and metrics are comp
 
 The wrapper holds the network as ``network``; save and load checkpoints of the wrapped network
 (the bundle's ``@network``), not of the wrapper, so that the weights load in a float32 inference.
+The ICAC bundle's ``configs/train_cpu_bf16.json`` wraps the trainer and the validator,
+``configs/inference_cpu_bf16.json`` the inference evaluator (training log, sessions 9 and 10).
 """
 
 from __future__ import annotations

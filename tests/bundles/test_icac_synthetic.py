@@ -196,6 +196,31 @@ def test_cpu_bf16_overlay_wraps_the_engines_network_and_saves_the_network_itself
         assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
 
 
+def test_cpu_bf16_inference_overlay_wraps_the_evaluator_and_loads_the_shipped_weights_into_the_network():
+    """configs/inference_cpu_bf16.json (training log, "Session 10"): the evaluator runs the shipped weights under
+    CPU bfloat16 autocast; the checkpoint loader still fills @network (float32), and the wrapped logits stay
+    within bfloat16's precision of the float32 ones."""
+    parser = _parser("inference.json", "inference_cpu_bf16.json")
+    parser["bundle_root"] = str(BUNDLE)
+    net = parser.get_parsed_content("network")
+    wrapped = parser.get_parsed_content("evaluator#network")
+    assert isinstance(wrapped, AutocastForward) and wrapped.network is net
+    assert (wrapped.device_type, wrapped.dtype, wrapped.enabled) == ("cpu", torch.bfloat16, True)
+    loader = [h for h in parser["handlers"] if h.get("_target_") == "CheckpointLoader"]
+    assert loader and loader[0]["load_dict"] == {"model": "@network"}
+    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 97, 97, 41)
+    with torch.no_grad():
+        ref, out = net(x), wrapped(x)
+    assert out.dtype == torch.float32 and out.shape == ref.shape == (1, 1, 16, 16, 5)
+    assert not torch.equal(out, ref)
+    torch.testing.assert_close(torch.sigmoid(out), torch.sigmoid(ref), rtol=0, atol=1e-2)
+    for key in ("patch_size", "overlap", "features"):
+        assert parser.get_parsed_content(key) == _parser("inference.json").get_parsed_content(key), key
+
+
 def test_paper_patch_overlay_restores_the_papers_training_patch_and_changes_only_the_run():
     """configs/train_paper_patch.json (training log, "Session 9", tried and not shipped): train.json's paper
     patch 178 x 178 x 98 (whose valid-convolution output is 96 x 96 x 62, 26 times the 36 x 36 x 17 of the
