@@ -42,6 +42,19 @@ def _parser(*names) -> ConfigParser:
     return parser
 
 
+def _handler_config(parser: ConfigParser, handlers_key: str, target: str) -> dict:
+    """The (unparsed) config of the first handler with ``_target_`` ``target`` in ``parser[handlers_key]``."""
+    found = [h for h in parser[handlers_key] if h.get("_target_") == target]
+    assert found, f"no {target} in {handlers_key}"
+    return found[0]
+
+
+def _assert_cpu_bf16_wrapper(wrapped, net) -> None:
+    """``wrapped`` is the bf16 overlays' ``AutocastForward`` around ``net`` itself (CPU, bfloat16, enabled)."""
+    assert isinstance(wrapped, AutocastForward) and wrapped.network is net
+    assert (wrapped.device_type, wrapped.dtype, wrapped.enabled) == ("cpu", torch.bfloat16, True)
+
+
 def test_synthetic_overlay_keeps_the_architecture_and_receptive_field():
     parser = _parser("train.json", "train_synthetic.json")
     net = parser.get_parsed_content("network_def")
@@ -182,15 +195,12 @@ def test_cpu_bf16_overlay_wraps_the_engines_network_and_saves_the_network_itself
     parser = _parser(*names, "train_cpu_bf16.json")
     net = parser.get_parsed_content("network")
     for key in ("train#trainer#network", "validate#evaluator#network"):
-        wrapped = parser.get_parsed_content(key)
-        assert isinstance(wrapped, AutocastForward) and wrapped.network is net
-        assert (wrapped.device_type, wrapped.dtype, wrapped.enabled) == ("cpu", torch.bfloat16, True)
+        _assert_cpu_bf16_wrapper(parser.get_parsed_content(key), net)
     params = parser.get_parsed_content("optimizer").param_groups[0]["params"]
     assert len(params) == len(list(net.parameters())) and all(a is b for a, b in zip(params, net.parameters()))
-    loader = [h for h in parser["train#handlers"] if h.get("_target_") == "CheckpointLoader"]
-    assert loader and loader[0]["load_dict"] == {"model": "@network"}  # the warm start
-    saver = [h for h in parser["validate#handlers"] if h.get("_target_") == "CheckpointSaver"]
-    assert saver and saver[0]["save_dict"] == {"model": "@network"}
+    # the warm start loads into, and the saver saves, @network itself
+    assert _handler_config(parser, "train#handlers", "CheckpointLoader")["load_dict"] == {"model": "@network"}
+    assert _handler_config(parser, "validate#handlers", "CheckpointSaver")["save_dict"] == {"model": "@network"}
     base = _parser(*names)
     for key in ("patch_size", "epochs", "learning_rate", "features", "pos_weight", "train#trainer#amp"):
         assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
@@ -204,10 +214,8 @@ def test_cpu_bf16_inference_overlay_wraps_the_evaluator_and_loads_the_shipped_we
     parser["bundle_root"] = str(BUNDLE)
     net = parser.get_parsed_content("network")
     wrapped = parser.get_parsed_content("evaluator#network")
-    assert isinstance(wrapped, AutocastForward) and wrapped.network is net
-    assert (wrapped.device_type, wrapped.dtype, wrapped.enabled) == ("cpu", torch.bfloat16, True)
-    loader = [h for h in parser["handlers"] if h.get("_target_") == "CheckpointLoader"]
-    assert loader and loader[0]["load_dict"] == {"model": "@network"}
+    _assert_cpu_bf16_wrapper(wrapped, net)
+    assert _handler_config(parser, "handlers", "CheckpointLoader")["load_dict"] == {"model": "@network"}
     net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
     torch.manual_seed(0)
@@ -217,8 +225,9 @@ def test_cpu_bf16_inference_overlay_wraps_the_evaluator_and_loads_the_shipped_we
     assert out.dtype == torch.float32 and out.shape == ref.shape == (1, 1, 16, 16, 5)
     assert not torch.equal(out, ref)
     torch.testing.assert_close(torch.sigmoid(out), torch.sigmoid(ref), rtol=0, atol=1e-2)
+    base = _parser("inference.json")
     for key in ("patch_size", "overlap", "features"):
-        assert parser.get_parsed_content(key) == _parser("inference.json").get_parsed_content(key), key
+        assert parser.get_parsed_content(key) == base.get_parsed_content(key), key
 
 
 def test_paper_patch_overlay_restores_the_papers_training_patch_and_changes_only_the_run():
@@ -230,7 +239,8 @@ def test_paper_patch_overlay_restores_the_papers_training_patch_and_changes_only
     patch = parser.get_parsed_content("patch_size")
     assert patch == _parser("train.json").get_parsed_content("patch_size") == [178, 178, 98]
     net = parser.get_parsed_content("network_def")
-    assert net.output_size(patch) == (96, 96, 62) and net.output_size(base.get_parsed_content("patch_size")) == (36, 36, 17)
+    assert net.output_size(patch) == (96, 96, 62)
+    assert net.output_size(base.get_parsed_content("patch_size")) == (36, 36, 17)
     assert (parser.get_parsed_content("epochs"), parser.get_parsed_content("val_interval")) == (8, 2)
     handler = parser.get_parsed_content("train#handlers#0")
     assert handler.values(6)["lr"] == pytest.approx(1e-4) and handler.values(7)["lr"] == pytest.approx(1e-5)
