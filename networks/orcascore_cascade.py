@@ -79,7 +79,8 @@ class OrcaScoreCascadeInferer(Inferer):
     1. ``roi_network`` segments the heart on every axial slice; the patient's ROI is the bounding box
        of the OR of all slice masks after an opening with a ``opening_size`` x ``opening_size``
        rectangle (:func:`~ctbundles.transforms.orcascore_cascade.heart_roi_box`); without any heart,
-       the whole slice is used. The box is widened to ``min_roi_size`` pixels at least.
+       the whole slice is used. The box is widened by ``roi_box_margin`` pixels on each side (clipped to
+       the slice), then to ``min_roi_size`` pixels at least.
     2. ``network`` (stage 2) segments calcium on every slice of the ROI crop; outside the ROI the
        output is background.
     3. When ``fp_network`` is given and ``use_fp_stage`` is true, every 2D component of the stage-2
@@ -94,6 +95,10 @@ class OrcaScoreCascadeInferer(Inferer):
         roi_network: stage-1 heart network (2D, 1 channel in; output channel 1 = heart, or 1 channel + sigmoid).
         fp_network: stage-3 network (2D, 1 channel in, 2 channels out), or ``None`` to skip stage 3.
         opening_size: opening element side for the heart ROI (7).
+        roi_box_margin: pixels added on each side of the stage-1 bounding box before the crop. 0 is the
+            paper (Sect. 3.2.1: the crop is the bounding box). A margin gives stage 2 context around
+            calcium on the heart's border (the RCA in the right atrioventricular groove), as the
+            training crops have (the reference calcium's box + ``roi_margin``).
         min_roi_size: smallest ROI side in pixels (32, one EfficientNet down-sampling step of 32).
         crop_size: stage-3 window side (96).
         slice_batch_size: slices per forward pass of stages 1 and 2 (memory knob).
@@ -123,6 +128,7 @@ class OrcaScoreCascadeInferer(Inferer):
         roi_network: nn.Module,
         fp_network: nn.Module | None = None,
         opening_size: int = 7,
+        roi_box_margin: int = 0,
         min_roi_size: int = 32,
         crop_size: int = 96,
         slice_batch_size: int = 4,
@@ -143,6 +149,9 @@ class OrcaScoreCascadeInferer(Inferer):
         self.roi_network = roi_network
         self.fp_network = fp_network
         self.opening_size = opening_size
+        if int(roi_box_margin) < 0:
+            raise ValueError(f"roi_box_margin must be >= 0 pixels, got {roi_box_margin}")
+        self.roi_box_margin = int(roi_box_margin)
         self.min_roi_size = min_roi_size
         self.crop_size = crop_size
         self.slice_batch_size = slice_batch_size
@@ -192,7 +201,7 @@ class OrcaScoreCascadeInferer(Inferer):
         uses it for stage 3's training candidates.
         """
         _, nx, ny, nz = vol.shape
-        box = heart_roi_box(self.heart_masks(vol), self.opening_size)
+        box = heart_roi_box(self.heart_masks(vol), self.opening_size, margin=self.roi_box_margin)
         if box is None:
             box = ((0, nx), (0, ny))
         box = tuple(widen_range(lo, hi, self.min_roi_size, n) for (lo, hi), n in zip(box, (nx, ny)))

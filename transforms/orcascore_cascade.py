@@ -46,6 +46,7 @@ __all__ = [
     "widen_range",
     "HeartROICropd",
     "HeartROIPasted",
+    "PredictedHeartMaskd",
     "component_crop_boxes",
     "extract_crops",
     "paste_crops",
@@ -242,6 +243,39 @@ def widen_range(lo: int, hi: int, min_size: int, n: int) -> tuple[int, int]:
     target = min(min_size, n)
     lo = max(min(lo - (target - (hi - lo)) // 2, n - target), 0)
     return int(lo), int(lo + target)
+
+
+class PredictedHeartMaskd(MapTransform):
+    """Stage-1 heart masks of the cascade, as a training item (Araújo et al., Sect. 3.2.1-3.2.2).
+
+    The paper trains and runs the calcification network on the ROI that stage 1 extracts ("the input
+    image in this stage is only the ROI extracted in the previous stage"). With this transform before
+    :class:`HeartROICropd` (``mask_key`` = ``mask_key`` here, ``margin`` 0), stage 2 is trained on the
+    crop inference gives it, so calcium on the heart's border (the right coronary artery in the
+    atrioventricular groove) sits at the crop's edge in training as it does at inference.
+
+    Args:
+        keys: stage 1's input ``(1, X, Y, Z)``: the scan scaled as ``inference.json`` scales it (no
+            histogram matching).
+        cascade: an :class:`~ctbundles.networks.orcascore_cascade.OrcaScoreCascadeInferer` whose
+            ``roi_network`` holds the trained stage-1 weights; only its ``heart_masks`` is used.
+        mask_key: where the ``(1, X, Y, Z)`` boolean masks go.
+    """
+
+    def __init__(self, keys: KeysCollection, cascade: Any, mask_key: str = "roi_mask", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.cascade, self.mask_key = cascade, mask_key
+
+    @torch.no_grad()
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.cascade.roi_network.eval()
+        for key in self.key_iterator(d):
+            vol = torch.as_tensor(_numpy(d[key]), dtype=torch.float32)
+            if vol.ndim != 4 or vol.shape[0] != 1:
+                raise ValueError(f"PredictedHeartMaskd: {key!r} must be a (1, X, Y, Z) volume, got shape {tuple(vol.shape)}")
+            d[self.mask_key] = self.cascade.heart_masks(vol)[None]
+        return d
 
 
 class HeartROIPasted(MapTransform):

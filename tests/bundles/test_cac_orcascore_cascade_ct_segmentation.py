@@ -389,3 +389,36 @@ def test_fp_cascade_candidates_config_matches_inference():
     assert train.get_parsed_content("init_checkpoint") == os.path.join(str(BUNDLE), "models", "model_fp.pt")
     t = train.get_parsed_content("fp_candidates")[0]
     assert t.cascade is not None and t.cascade_input_key == "image_cascade"
+
+
+def test_heart_box_overlay_trains_stage2_on_the_crop_inference_makes(tmp_path):
+    """train_heart_box.json: each training case is cropped to the box of inference.json's stage 1 (the shipped
+    model_roi.pt on the scaled unmatched scan, 7 x 7 opening, no margin), starting from the shipped stage 2."""
+    from monai.transforms import Compose
+
+    from ctbundles.datasets import orcascore
+    from ctbundles.synthetic.registry import generate
+    from ctbundles.transforms.orcascore_cascade import heart_roi_box
+
+    cohort = tmp_path / "orcascore"  # one case of the shipped weights' grid (128 x 128 x 40, 1.2 mm)
+    orcascore.write_case(generate("cardiac", 7, small=True), cohort, vendor=1, patient=1)
+
+    files = [TRAIN] + [str(CONFIGS / f"{n}.json") for n in ("train_synthetic", "train_lesion_balanced", "train_heart_box")]
+    train = parser_for(files, bundle_root=str(BUNDLE), dataset_dir=str(cohort))
+    infer = parser_for([str(CONFIGS / "inference.json")], bundle_root=str(BUNDLE))
+    assert train["roi_features"] == infer["roi_features"]
+    assert train.get_parsed_content("roi_weights") == infer.get_parsed_content("roi_weights")
+    assert train.get_parsed_content("init_checkpoint") == os.path.join(str(BUNDLE), "models", "model.pt")
+    item = train.get_parsed_content("datalist")[0]
+    d = Compose(train.get_parsed_content("deterministic_transforms"))(dict(item))
+    assert not {"image_stage1", "roi_mask", "roi_box"} & set(d)
+    inferer = infer.get_parsed_content("inferer")
+    inferer.roi_network.eval()
+    with torch.no_grad():
+        masks = inferer.heart_masks(infer.get_parsed_content("preprocessing")({"image": item["image"]})["image"].as_tensor())
+    (x0, x1), (y0, y1) = heart_roi_box(masks, infer["inferer"]["opening_size"])
+    assert 64 < x1 - x0 < 128 and 64 < y1 - y0 < 128  # a heart box, not the whole slice nor widened
+    assert tuple(d["image"].shape[1:3]) == tuple(d["label"].shape[1:3]) == (x1 - x0, y1 - y0)
+    whole = Compose(train.get_parsed_content("load"))(dict(item))["label"]
+    assert int((whole > 0).sum()) > 0
+    assert torch.equal(torch.as_tensor(d["label"]), torch.as_tensor(whole)[:, x0:x1, y0:y1])

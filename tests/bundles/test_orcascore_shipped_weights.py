@@ -59,7 +59,7 @@ def test_inference_with_shipped_weights_segments_fresh_cases(tmp_path):
     small cardiac cases: pooled orCaScore lesion F1 (3D 6-connected > 130 HU lesions, any artery) at least 0.75.
     Measured 0.818 with version 0.5.0 (18 TP, 1 FP, 7 FN; stage 1 on the unmatched scan, calcium_threshold
     0.65; 2-core CPU, 2026-11-22); 0.70 with 0.4.0 (14 / 1 / 11, the same with 0.3.0; 0.2.0: 0.42). Two cases
-    are no measure of the issue's 0.8 (docs/README.md, Performance: 0.716 on the 12 held-out cases)."""
+    are no measure of the issue's 0.8 (docs/README.md, Performance: 0.746 on the 48 held-out cases)."""
     from ctbundles.datasets import orcascore
     from ctbundles.metrics.orcascore_evaluation import lesion_detection, orcascore_lesions
     from ctbundles.synthetic.registry import generate

@@ -104,6 +104,25 @@ def test_cascade_without_heart_uses_whole_slice():
     assert int(label.sum()) == 128 + 6 + 4 + 4  # rib line, coronary, aortic and bone
 
 
+def test_roi_box_margin_lets_stage2_see_calcium_just_outside_the_heart_box():
+    """Calcium 3 px outside the stage-1 box (the RCA on the heart's border): lost without a margin (the
+    paper's crop), found with ``roi_box_margin`` 4; the margin is clipped at the slice edge."""
+    vol = phantom()
+    vol[0, 0, 83, 70, 1] = 1.0  # 3 px beyond the box's end row 80 (half-open), inside a 4 px margin
+    without = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None)
+    assert int(without(vol, ThresholdNet(0.9)).argmax(1)[0, 83, 70, 1]) == 0
+    inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, roi_box_margin=4)
+    label = inferer(vol, ThresholdNet(0.9)).argmax(1)[0]
+    assert inferer.last_roi_boxes == [[[36, 84], [46, 94]]]
+    assert int(label[83, 70, 1]) == 1
+    assert int(label[120, 10:14, 3].sum()) == 0  # bone far outside the widened box stays unseen
+    edge = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, roi_box_margin=60)
+    edge(vol, ThresholdNet(0.9))
+    assert edge.last_roi_boxes == [[[0, 128], [0, 128]]]
+    with pytest.raises(ValueError, match="roi_box_margin"):
+        OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), roi_box_margin=-1)
+
+
 def test_cascade_runs_paper_networks_small():
     from monai.data import MetaTensor
 

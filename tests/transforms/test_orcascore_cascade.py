@@ -16,6 +16,7 @@ from ctbundles.transforms.orcascore_cascade import (
     HistogramMatchd,
     LesionSamplingWeightsd,
     PredictedCandidatesd,
+    PredictedHeartMaskd,
     component_crop_boxes,
     crop_to_box,
     extract_crops,
@@ -277,6 +278,32 @@ def test_predicted_candidates_from_the_cascade_are_what_stage_3_gets_in_inferenc
     np.testing.assert_array_equal(only, expected)
     with pytest.raises(ValueError, match="cascade_input_key"):
         PredictedCandidatesd("candidates", _Above(0.45), cascade=cascade)
+
+
+def test_predicted_heart_mask_then_crop_gives_the_box_inference_crops():
+    """PredictedHeartMaskd + HeartROICropd (margin 0): the training crop is the stage-1 box the inferer crops
+    to, so calcium on the box edge sits on the crop edge; stage 1 runs in eval mode."""
+    from ctbundles.networks.orcascore_cascade import OrcaScoreCascadeInferer
+
+    vol = torch.zeros(1, 64, 64, 3)
+    vol[0, 12:52, 14:50, :] = 0.6  # heart on every slice -> box [12, 52) x [14, 50), above min_roi_size
+    vol[0, 51, 30, 1] = 1.0  # calcium on the heart's last row (the RCA on the border)
+    roi = torch.nn.Sequential(torch.nn.BatchNorm2d(1), _Above(0.5))
+    roi.train()  # batch statistics would change the masks: the transform must switch to eval
+    cascade = OrcaScoreCascadeInferer(roi_network=roi, fp_network=None, opening_size=7)
+    label = torch.zeros(1, 64, 64, 3)
+    label[0, 51, 30, 1] = 3
+    d = PredictedHeartMaskd("image_stage1", cascade)({"image_stage1": vol, "image": vol.clone(), "label": label})
+    assert not roi.training and d["roi_mask"].shape == (1, 64, 64, 3)
+    out = HeartROICropd(["image", "label"], mask_key="roi_mask", opening_size=7)(d)
+    inferred = [[12, 52], [14, 50]]
+    assert out["roi_box"]["box"] == inferred
+    cascade(vol[None], _Above(2.0))
+    assert cascade.last_roi_boxes == [inferred]
+    assert out["image"].shape == (1, 40, 36, 3)
+    assert out["label"][0, 39, 16, 1] == 3  # the last row of the crop
+    with pytest.raises(ValueError, match="image_stage1.*1, X, Y, Z"):
+        PredictedHeartMaskd("image_stage1", cascade)({"image_stage1": vol[0]})
 
 
 # ------------------------------------------------------------------ lesion-balanced patch sampling

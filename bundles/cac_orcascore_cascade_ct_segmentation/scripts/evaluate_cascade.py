@@ -57,7 +57,7 @@ def stage1_scores(items, heart_dir, overrides) -> dict:
         hu = load_ct(item["image"]).numpy()
         ref = np.asarray(load_label(item["label"], like=load_ct(item["image"]))) > 0
         ref &= hu > 130
-        box = heart_roi_box(mask, inferer.opening_size)
+        box = heart_roi_box(mask, inferer.opening_size, margin=inferer.roi_box_margin)
         if box is not None:
             (x0, x1), (y0, y1) = box
             inside += int(ref[x0:x1, y0:y1].sum())
