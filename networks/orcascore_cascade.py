@@ -98,7 +98,8 @@ class OrcaScoreCascadeInferer(Inferer):
         roi_box_margin: pixels added on each side of the stage-1 bounding box before the crop. 0 is the
             paper (Sect. 3.2.1: the crop is the bounding box). A margin gives stage 2 context around
             calcium on the heart's border (the RCA in the right atrioventricular groove), as the
-            training crops have (the reference calcium's box + ``roi_margin``).
+            training crops have (the reference calcium's box + ``roi_margin``); with the shipped weights it
+            lowered the synthetic validation lesion F1 (the bundle's training log, Session 11).
         min_roi_size: smallest ROI side in pixels (32, one EfficientNet down-sampling step of 32).
         crop_size: stage-3 window side (96).
         slice_batch_size: slices per forward pass of stages 1 and 2 (memory knob).
@@ -149,9 +150,12 @@ class OrcaScoreCascadeInferer(Inferer):
         self.roi_network = roi_network
         self.fp_network = fp_network
         self.opening_size = opening_size
-        if int(roi_box_margin) < 0:
-            raise ValueError(f"roi_box_margin must be >= 0 pixels, got {roi_box_margin}")
-        self.roi_box_margin = int(roi_box_margin)
+        try:
+            self.roi_box_margin = int(roi_box_margin)
+        except (TypeError, ValueError):
+            self.roi_box_margin = -1
+        if self.roi_box_margin < 0 or self.roi_box_margin != float(roi_box_margin):
+            raise ValueError(f"roi_box_margin must be a whole number of pixels >= 0, got {roi_box_margin!r}")
         self.min_roi_size = min_roi_size
         self.crop_size = crop_size
         self.slice_batch_size = slice_batch_size

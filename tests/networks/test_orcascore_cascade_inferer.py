@@ -119,8 +119,9 @@ def test_roi_box_margin_lets_stage2_see_calcium_just_outside_the_heart_box():
     edge = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=None, roi_box_margin=60)
     edge(vol, ThresholdNet(0.9))
     assert edge.last_roi_boxes == [[[0, 128], [0, 128]]]
-    with pytest.raises(ValueError, match="roi_box_margin"):
-        OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), roi_box_margin=-1)
+    for bad in (-1, 2.5, "wide", None):
+        with pytest.raises(ValueError, match="roi_box_margin must be a whole number"):
+            OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), roi_box_margin=bad)
 
 
 def test_cascade_runs_paper_networks_small():
