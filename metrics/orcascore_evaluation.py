@@ -34,6 +34,7 @@ __all__ = [
     "stage3_comparison",
     "evaluate_cohort",
     "evaluate_predictions",
+    "pool_evaluations",
 ]
 
 #: orCaScore reference labels (REFERENCES.md section 1)
@@ -94,16 +95,17 @@ def lesion_detection(lesion_sets: Sequence[Mapping], arteries: Mapping[str, int]
     out = {}
     for name, (r, p) in groups.items():
         tp, fp, fn = r & p, p & ~r, r & ~p
-        e = {"tp": int(tp.sum()), "fp": int(fp.sum()), "fn": int(fn.sum()),
-             "tp_mm3": float(vol[tp].sum()), "fp_mm3": float(vol[fp].sum()), "fn_mm3": float(vol[fn].sum())}
-        e["sensitivity"] = _ratio(e["tp"], e["tp"] + e["fn"])
-        e["ppv"] = _ratio(e["tp"], e["tp"] + e["fp"])
-        e["f1"] = _ratio(2 * e["tp"], 2 * e["tp"] + e["fp"] + e["fn"])
-        e["sensitivity_volume"] = _ratio(e["tp_mm3"], e["tp_mm3"] + e["fn_mm3"])
-        e["ppv_volume"] = _ratio(e["tp_mm3"], e["tp_mm3"] + e["fp_mm3"])
-        e["f1_volume"] = _ratio(2 * e["tp_mm3"], 2 * e["tp_mm3"] + e["fp_mm3"] + e["fn_mm3"])
-        out[name] = e
+        out[name] = _detection_entry(int(tp.sum()), int(fp.sum()), int(fn.sum()),
+                                     float(vol[tp].sum()), float(vol[fp].sum()), float(vol[fn].sum()))
     return out
+
+
+def _detection_entry(tp: int, fp: int, fn: int, tp_mm3: float, fp_mm3: float, fn_mm3: float) -> dict:
+    """One :func:`lesion_detection` entry: the counts and volumes with their ratios."""
+    return {"tp": tp, "fp": fp, "fn": fn, "tp_mm3": tp_mm3, "fp_mm3": fp_mm3, "fn_mm3": fn_mm3,
+            "sensitivity": _ratio(tp, tp + fn), "ppv": _ratio(tp, tp + fp), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+            "sensitivity_volume": _ratio(tp_mm3, tp_mm3 + fn_mm3), "ppv_volume": _ratio(tp_mm3, tp_mm3 + fp_mm3),
+            "f1_volume": _ratio(2 * tp_mm3, 2 * tp_mm3 + fp_mm3 + fn_mm3)}
 
 
 def pixel_scores(references: Sequence, predictions: Sequence) -> dict:
@@ -116,8 +118,12 @@ def pixel_scores(references: Sequence, predictions: Sequence) -> dict:
         tp += int((r & p).sum())
         fp += int((~r & p).sum())
         fn += int((r & ~p).sum())
-    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+    return _pixel_entry(tp, fp, fn)
+
+
+def _pixel_entry(tp: int, fp: int, fn: int) -> dict:
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
 
 def stage3_comparison(references: Sequence, without_stage3: Sequence, with_stage3: Sequence) -> dict:
@@ -129,16 +135,45 @@ def evaluate_cohort(cases: Sequence[Mapping]) -> dict:
     """The full protocol over cases ``{"hu", "reference", "prediction", "spacing", "agatston_reference",
     "agatston_predicted", "volume_reference", "volume_predicted"}`` (scores from the project's scoring)."""
     lesions = [orcascore_lesions(c["hu"], c["reference"], c["prediction"], c.get("spacing", (1, 1, 1))) for c in cases]
+    return {
+        "lesions": lesion_detection(lesions),
+        **_score_agreement(cases),
+        "pixels": pixel_scores([c["reference"] for c in cases], [c["prediction"] for c in cases]),
+    }
+
+
+def _score_agreement(cases: Sequence[Mapping]) -> dict:
+    """Agatston and volume ICC(A,1), risk-category kappa and accuracy over per-case scores."""
     ag_r = [c["agatston_reference"] for c in cases]
     ag_p = [c["agatston_predicted"] for c in cases]
     return {
-        "lesions": lesion_detection(lesions),
         "agatston_icc": icc_absolute_agreement(ag_r, ag_p) if len(cases) > 1 else float("nan"),
         "volume_icc": icc_absolute_agreement([c["volume_reference"] for c in cases], [c["volume_predicted"] for c in cases]) if len(cases) > 1 else float("nan"),
         "risk_kappa_linear": weighted_kappa([risk_category_index(s) for s in ag_r], [risk_category_index(s) for s in ag_p], len(RISK_CATEGORIES)),
         "risk_accuracy": float(np.mean([risk_category_index(r) == risk_category_index(p) for r, p in zip(ag_r, ag_p)])),
-        "pixels": pixel_scores([c["reference"] for c in cases], [c["prediction"] for c in cases]),
     }
+
+
+def pool_evaluations(results: Sequence[Mapping]) -> dict:
+    """Results of :func:`evaluate_predictions` on disjoint cohorts, pooled as one cohort would give them.
+
+    Lesion counts and volumes per artery and the pixel counts (``"pixels"`` and any other entry with
+    ``tp`` / ``fp`` / ``fn``, e.g. ``"pixels_above_130hu"``) are summed and their ratios recomputed;
+    ICC, kappa and risk accuracy are computed over the per-case scores (``"cases"``) of all cohorts.
+    """
+    if not results:
+        raise ValueError("pool_evaluations: no results to pool")
+    cases = [row for r in results for row in r["cases"]]
+    lesions = {}
+    for name in results[0]["lesions"]:
+        counts = [int(sum(r["lesions"][name][k] for r in results)) for k in ("tp", "fp", "fn")]
+        volumes = [float(sum(r["lesions"][name][k] for r in results)) for k in ("tp_mm3", "fp_mm3", "fn_mm3")]
+        lesions[name] = _detection_entry(*counts, *volumes)
+    pooled = {"lesions": lesions, **_score_agreement(cases), "cases": cases}
+    for key, value in results[0].items():
+        if isinstance(value, Mapping) and {"tp", "fp", "fn"} <= set(value) and key != "lesions":
+            pooled[key] = _pixel_entry(*(sum(int(r[key][k]) for r in results) for k in ("tp", "fp", "fn")))
+    return pooled
 
 
 def evaluate_predictions(items: Sequence[Mapping], prediction_dir, postfix: str = "_seg", ext: str = ".nii.gz") -> dict:

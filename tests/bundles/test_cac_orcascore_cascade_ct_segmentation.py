@@ -422,3 +422,31 @@ def test_heart_box_overlay_trains_stage2_on_the_crop_inference_makes(tmp_path):
     whole = Compose(train.get_parsed_content("load"))(dict(item))["label"]
     assert int((whole > 0).sum()) > 0
     assert torch.equal(torch.as_tensor(d["label"]), torch.as_tensor(whole)[:, x0:x1, y0:y1])
+
+
+def test_pool_cascade_results_script_pools_cohorts_and_names_a_wrong_file(tmp_path, capsys):
+    """scripts/pool_cascade_results.py: two evaluate_cascade.py outputs -> one pooled result (counts summed, ICC
+    over all cases); a file that is not such an output is refused by name."""
+    script = _bundle_script("pool_cascade_results")
+
+    def result(tp, fp, fn, rows):
+        entry = {"tp": tp, "fp": fp, "fn": fn, "tp_mm3": 10.0 * tp, "fp_mm3": 10.0 * fp, "fn_mm3": 10.0 * fn}
+        stage = {"lesions": {"all": entry}, "pixels_above_130hu": {"tp": 3 * tp, "fp": 3 * fp, "fn": 3 * fn},
+                 "cases": [dict(zip(("agatston_reference", "agatston_predicted", "volume_reference", "volume_predicted"), r)) for r in rows]}
+        return {"stage1": {"heart_dice": 0.9}, "stages_1_2": stage, "stages_1_2_3": stage}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result(3, 1, 2, [(0, 0, 0, 0), (50, 60, 40, 45)])))
+    b.write_text(json.dumps(result(5, 0, 1, [(500, 300, 300, 250)])))
+    out = tmp_path / "pooled.json"
+    assert script.main([str(a), str(b), "--out", str(out)]) == 0
+    pooled = json.loads(out.read_text())["stages_1_2_3"]
+    assert (pooled["lesions"]["all"]["tp"], pooled["lesions"]["all"]["fp"], pooled["lesions"]["all"]["fn"]) == (8, 1, 3)
+    assert pooled["lesion_f1"] == pytest.approx(16 / 20)
+    assert pooled["pixels_above_130hu"]["precision"] == pytest.approx(24 / 27)
+    assert pooled["risk_accuracy"] == pytest.approx(2 / 3) and len(pooled["cases"]) == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stages_1_2": {}}))
+    with pytest.raises(SystemExit, match="bad.json: not an evaluate_cascade.py result"):
+        script.main([str(a), str(bad), "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

@@ -13,6 +13,7 @@ from ctbundles.metrics.orcascore_evaluation import (
     lesion_detection,
     orcascore_lesions,
     pixel_scores,
+    pool_evaluations,
     risk_category_index,
     stage3_comparison,
     weighted_kappa,
@@ -128,3 +129,35 @@ def test_evaluate_predictions_reads_inference_outputs(tmp_path):
     assert res["cases"][0]["volume_predicted"] > 0
     with pytest.raises(Exception, match="no prediction"):
         evaluate_predictions([{"image": str(image), "label": str(label)}], tmp_path / "none")
+
+
+def test_pool_evaluations_of_disjoint_cohorts_equals_the_evaluation_of_their_union():
+    """Two cohorts evaluated apart and pooled give what one evaluation of all cases gives (counts, ratios, ICC,
+    kappa and accuracy over the union), e.g. the cascade's 12 + 36 held-out cases."""
+    hu, ref, pred = toy_case()
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(6):
+        p = pred if i % 2 else ref
+        cases.append({"hu": hu, "reference": ref, "prediction": p, "spacing": (1, 1, 2),
+                      "agatston_reference": float(rng.uniform(0, 600)), "agatston_predicted": float(rng.uniform(0, 600)),
+                      "volume_reference": float(rng.uniform(0, 200)), "volume_predicted": float(rng.uniform(0, 200))})
+    keys = ("agatston_reference", "agatston_predicted", "volume_reference", "volume_predicted")
+
+    def evaluated(part):
+        return {**evaluate_cohort(part), "cases": [{k: c[k] for k in keys} for c in part]}
+
+    whole = evaluate_cohort(cases)
+    pooled = pool_evaluations([evaluated(cases[:2]), evaluated(cases[2:])])
+    for artery in ("LAD", "LCX", "RCA", "all"):
+        for k, v in whole["lesions"][artery].items():
+            if isinstance(v, float) and math.isnan(v):
+                assert math.isnan(pooled["lesions"][artery][k])
+            else:
+                assert pooled["lesions"][artery][k] == pytest.approx(v), (artery, k)
+    assert pooled["pixels"] == pytest.approx(whole["pixels"])
+    for k in ("agatston_icc", "volume_icc", "risk_kappa_linear", "risk_accuracy"):
+        assert pooled[k] == pytest.approx(whole[k]), k
+    assert len(pooled["cases"]) == 6 and whole["lesions"]["all"]["fp"] > 0
+    with pytest.raises(ValueError, match="no results"):
+        pool_evaluations([])
