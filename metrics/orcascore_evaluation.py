@@ -122,6 +122,7 @@ def pixel_scores(references: Sequence, predictions: Sequence) -> dict:
 
 
 def _pixel_entry(tp: int, fp: int, fn: int) -> dict:
+    """One :func:`pixel_scores` result: the counts with precision, recall and F1."""
     return {"tp": tp, "fp": fp, "fn": fn, "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
             "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
