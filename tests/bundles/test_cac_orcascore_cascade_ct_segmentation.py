@@ -424,7 +424,7 @@ def test_heart_box_overlay_trains_stage2_on_the_crop_inference_makes(tmp_path):
     assert torch.equal(torch.as_tensor(d["label"]), torch.as_tensor(whole)[:, x0:x1, y0:y1])
 
 
-def test_pool_cascade_results_script_pools_cohorts_and_names_a_wrong_file(tmp_path, capsys):
+def test_pool_cascade_results_script_pools_cohorts_and_names_a_wrong_file(tmp_path):
     """scripts/pool_cascade_results.py: two evaluate_cascade.py outputs -> one pooled result (counts summed, ICC
     over all cases); a file that is not such an output is refused by name."""
     script = _bundle_script("pool_cascade_results")
