@@ -10,6 +10,9 @@ and the pixel-level metrics of Araújo et al. (Sect. 4.2, Eqs. 1-3; Table 5 with
   single-measure intraclass correlation ICC(A,1) (McGraw & Wong 1996, case 2A = Shrout & Fleiss ICC(2,1)).
 * Risk categories (0, 1-10, 11-100, 101-400, >400): linearly weighted Cohen's kappa.
 * Pixel level (the paper's Table 5): precision, recall and F1 of calcium voxels, pooled over the set.
+* Stage-3 audit (not part of either protocol): what the false-positive stage (Araújo et al., Sect. 3.2.3)
+  does to each lesion of the stage 1-2 output, with the lesion's size and peak HU, to see which lesions
+  it wrongly removes or keeps.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ __all__ = [
     "risk_category_index",
     "pixel_scores",
     "stage3_comparison",
+    "stage3_lesion_audit",
+    "stage3_audit_summary",
     "evaluate_cohort",
     "evaluate_predictions",
     "pool_evaluations",
@@ -130,6 +135,51 @@ def _pixel_entry(tp: int, fp: int, fn: int) -> dict:
 def stage3_comparison(references: Sequence, without_stage3: Sequence, with_stage3: Sequence) -> dict:
     """The paper's Table 5: pixel precision, recall and F1 without and with false-positive removal."""
     return {"without_stage3": pixel_scores(references, without_stage3), "with_stage3": pixel_scores(references, with_stage3)}
+
+
+def stage3_lesion_audit(hu, reference, without_stage3, with_stage3, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                        threshold_hu: float = 130.0) -> dict:
+    """Every lesion of one case before and after stage 3 (Araújo et al., Sect. 3.2.3).
+
+    Lesions are :func:`orcascore_lesions`' groups over the voxels that the reference, the stage 1-2 output
+    (``without_stage3``) or the stage 1-2-3 output labels. Returns arrays, one entry per lesion:
+    ``reference_label``, ``before_label``, ``after_label`` (majority labels, 0 = none), ``volume_mm3`` and
+    ``peak_hu``. A lesion with ``before_label > 0`` and ``after_label == 0`` is one that stage 3 removed.
+    """
+    hu, ref = np.asarray(hu), np.asarray(reference)
+    before, after = np.asarray(without_stage3), np.asarray(with_stage3)
+    if not (hu.shape == ref.shape == before.shape == after.shape):
+        raise ValueError(f"image {hu.shape}, reference {ref.shape} and the predictions {before.shape}, {after.shape} "
+                         "must have the same shape")
+    mask = (hu > threshold_hu) & ((ref > 0) | (before > 0) | (after > 0))
+    ids, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
+    volume = np.bincount(ids.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
+    peak = np.asarray(ndimage.maximum(hu, ids, np.arange(1, n + 1)), np.float64).reshape(n)
+    return {"reference_label": _majority_nonzero(ids, ref, n), "before_label": _majority_nonzero(ids, before, n),
+            "after_label": _majority_nonzero(ids, after, n), "volume_mm3": volume.astype(np.float64), "peak_hu": peak}
+
+
+def stage3_audit_summary(audits: Sequence[Mapping], arteries: Mapping[str, int] = ORCASCORE_ARTERIES) -> dict:
+    """Pooled :func:`stage3_lesion_audit` results: what stage 3 did to the lesions stages 1-2 found.
+
+    Groups, calcium found anywhere (the ``"all"`` of :func:`lesion_detection`): ``true_kept`` / ``true_removed``
+    (reference lesions that stages 1-2 found and stage 3 kept / removed), ``false_kept`` / ``false_removed``
+    (stage 1-2 false lesions), ``missed`` (reference lesions stages 1-2 did not find). Each group gives
+    ``n`` and the median ``volume_mm3`` and ``peak_hu`` (NaN when empty); ``true_removed_by_artery``
+    counts the removed reference lesions by their reference artery.
+    """
+    cat = {k: np.concatenate([np.asarray(a[k]) for a in audits]) if audits else np.zeros(0)
+           for k in ("reference_label", "before_label", "after_label", "volume_mm3", "peak_hu")}
+    ref, found, kept = cat["reference_label"] > 0, cat["before_label"] > 0, cat["after_label"] > 0
+    groups = {"true_kept": ref & found & kept, "true_removed": ref & found & ~kept,
+              "false_kept": ~ref & found & kept, "false_removed": ~ref & found & ~kept, "missed": ref & ~found}
+    out = {name: {"n": int(sel.sum()),
+                  "median_volume_mm3": float(np.median(cat["volume_mm3"][sel])) if sel.any() else float("nan"),
+                  "median_peak_hu": float(np.median(cat["peak_hu"][sel])) if sel.any() else float("nan")}
+           for name, sel in groups.items()}
+    removed = groups["true_removed"]
+    out["true_removed_by_artery"] = {name: int((removed & (cat["reference_label"] == v)).sum()) for name, v in arteries.items()}
+    return out
 
 
 def evaluate_cohort(cases: Sequence[Mapping]) -> dict:

@@ -450,3 +450,37 @@ def test_pool_cascade_results_script_pools_cohorts_and_names_a_wrong_file(tmp_pa
     with pytest.raises(SystemExit, match="bad.json: not an evaluate_cascade.py result"):
         script.main([str(a), str(bad), "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluate_cascade_stage3_audit_reads_both_runs_segmentations(tmp_path):
+    """scripts/evaluate_cascade.py's stage-3 audit: the stage 1-2 and stage 1-2-3 segmentations of a case are
+    paired with its scan and reference (orCaScore label 4 dropped); the summary counts each lesion once."""
+    import SimpleITK as sitk
+
+    script = _bundle_script("evaluate_cascade")
+    hu = np.full((2, 16, 16), -100, np.int16)  # SimpleITK order (z, y, x)
+    ref, before = np.zeros(hu.shape, np.uint8), np.zeros(hu.shape, np.uint8)
+    hu[0, 2, 2:4] = 400; ref[0, 2, 2:4] = 1; before[0, 2, 2:4] = 1  # LAD: found, kept
+    hu[1, 8, 8] = 250; ref[1, 8, 8] = 3; before[1, 8, 8] = 3  # RCA: found, removed by stage 3
+    hu[1, 12, 3] = 900; before[1, 12, 3] = 2  # false LCX: removed
+    hu[0, 14, 14] = 300; ref[0, 14, 14] = 4  # label 4 (artery not determined): not a reference lesion
+    after = before.copy()
+    after[1, 8, 8] = after[1, 12, 3] = 0
+
+    def write(array, path):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing((0.5, 0.5, 3.0))
+        sitk.WriteImage(img, str(path))
+
+    write(hu, tmp_path / "C1CTI.mhd")
+    write(ref, tmp_path / "C1R.mhd")
+    for stage, seg in (("stages_1_2", before), ("stages_1_2_3", after)):
+        (tmp_path / stage).mkdir()
+        write(seg, tmp_path / stage / "C1CTI_seg.nii.gz")
+    item = {"image": str(tmp_path / "C1CTI.mhd"), "label": str(tmp_path / "C1R.mhd")}
+    summary = script.stage3_audit([item], tmp_path)
+    assert {k: summary[k]["n"] for k in ("true_kept", "true_removed", "false_kept", "false_removed", "missed")} == {
+        "true_kept": 1, "true_removed": 1, "false_kept": 0, "false_removed": 1, "missed": 0}
+    assert summary["true_kept"]["median_volume_mm3"] == pytest.approx(1.5)  # 2 voxels of 0.75 mm^3
+    assert summary["true_removed"]["median_peak_hu"] == 250.0 and summary["false_removed"]["median_peak_hu"] == 900.0
+    assert summary["true_removed_by_artery"] == {"LAD": 0, "LCX": 0, "RCA": 1}

@@ -15,7 +15,9 @@ from ctbundles.metrics.orcascore_evaluation import (
     pixel_scores,
     pool_evaluations,
     risk_category_index,
+    stage3_audit_summary,
     stage3_comparison,
+    stage3_lesion_audit,
     weighted_kappa,
 )
 
@@ -161,3 +163,51 @@ def test_pool_evaluations_of_disjoint_cohorts_equals_the_evaluation_of_their_uni
     assert len(pooled["cases"]) == 6 and whole["lesions"]["all"]["fp"] > 0
     with pytest.raises(ValueError, match="no results"):
         pool_evaluations([])
+
+
+def stage3_case():
+    """One lesion of each kind: kept / removed true lesion, kept / removed false lesion, missed lesion."""
+    hu = np.zeros((12, 12, 2), np.float32)
+    ref, before = np.zeros((12, 12, 2), np.uint8), np.zeros((12, 12, 2), np.uint8)
+    hu[1:3, 1:3, 0] = 200; ref[1:3, 1:3, 0] = 1; before[1:3, 1:3, 0] = 1  # A: LAD, kept (4 voxels)
+    hu[6, 6, 0:2] = [300, 250]; ref[6, 6, 0:2] = 3; before[6, 6, 0:2] = 3  # B: RCA, removed (2 voxels)
+    hu[10, 1, 1] = 400; before[10, 1, 1] = 1  # C: false LAD, removed (1 voxel)
+    hu[1, 9:12, 1] = 800; before[1, 9:12, 1] = 3  # D: false RCA, kept (3 voxels)
+    hu[9, 9, 0] = 250; ref[9, 9, 0] = 2  # E: LCX, missed by stages 1-2
+    hu[4, 4, 0] = 120; before[4, 4, 0] = 1  # below 130 HU: no lesion
+    after = before.copy()
+    after[6, 6, :] = 0; after[10, 1, 1] = 0
+    return hu, ref, before, after
+
+
+def test_stage3_lesion_audit_labels_each_lesion_before_and_after():
+    hu, ref, before, after = stage3_case()
+    audit = stage3_lesion_audit(hu, ref, before, after, spacing=(0.5, 0.5, 2.0))
+    rows = sorted(zip(audit["reference_label"].tolist(), audit["before_label"].tolist(), audit["after_label"].tolist(),
+                      audit["volume_mm3"].tolist(), audit["peak_hu"].tolist()))
+    assert rows == [(0, 1, 0, 0.5, 400.0), (0, 3, 3, 1.5, 800.0), (1, 1, 1, 2.0, 200.0), (2, 0, 0, 0.5, 250.0),
+                    (3, 3, 0, 1.0, 300.0)]
+
+
+def test_stage3_audit_summary_pools_cases_into_groups():
+    hu, ref, before, after = stage3_case()
+    one = stage3_lesion_audit(hu, ref, before, after)
+    hu2 = np.zeros((4, 4, 1), np.float32)
+    hu2[0, 0, 0] = hu2[3, 3, 0] = 500
+    lab = np.zeros((4, 4, 1), np.uint8)
+    lab[0, 0, 0] = lab[3, 3, 0] = 3
+    two = stage3_lesion_audit(hu2, lab, lab, np.zeros_like(lab))  # two single-voxel RCA lesions, both removed
+    summary = stage3_audit_summary([one, two])
+    assert {k: summary[k]["n"] for k in ("true_kept", "true_removed", "false_kept", "false_removed", "missed")} == {
+        "true_kept": 1, "true_removed": 3, "false_kept": 1, "false_removed": 1, "missed": 1}
+    assert summary["true_removed"]["median_volume_mm3"] == 1.0 and summary["true_removed"]["median_peak_hu"] == 500.0
+    assert summary["false_kept"]["median_peak_hu"] == 800.0 and summary["missed"]["median_volume_mm3"] == 1.0
+    assert summary["true_removed_by_artery"] == {"LAD": 0, "LCX": 0, "RCA": 3}
+
+
+def test_stage3_audit_of_empty_cases_and_shape_mismatch():
+    empty = np.zeros((3, 3, 1))
+    summary = stage3_audit_summary([stage3_lesion_audit(empty, empty, empty, empty)])
+    assert summary["true_removed"]["n"] == 0 and math.isnan(summary["true_removed"]["median_peak_hu"])
+    with pytest.raises(ValueError, match="same shape"):
+        stage3_lesion_audit(empty, empty, empty, np.zeros((3, 3, 2)))

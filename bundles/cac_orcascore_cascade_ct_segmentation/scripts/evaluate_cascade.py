@@ -10,7 +10,9 @@ Runs ``configs/inference.json`` (the three stages with the shipped ``models/*.pt
   voxels (> 130 HU) inside the patient's ROI box;
 * stages 2 and 2 + 3: pixel precision / recall / F1 of the voxels > 130 HU (the paper's Table 5),
   orCaScore lesion detection per artery (sensitivity, PPV), lesion F1, Agatston and volume ICC(A,1),
-  risk-category accuracy and linearly weighted kappa (``ctbundles.metrics.orcascore_evaluation``).
+  risk-category accuracy and linearly weighted kappa (``ctbundles.metrics.orcascore_evaluation``);
+* stage 3 per lesion (``stage3_audit``): how many true and false lesions of the stage 1-2 output stage 3
+  kept and removed, with their median volume and peak HU, and the removed true lesions by artery.
 
     python scripts/evaluate_cascade.py --dataset_dir HELDOUT_ORCASCORE --heart_dir HELDOUT_NIFTI --out eval/cascade.json
 """
@@ -31,7 +33,13 @@ from monai.bundle import ConfigParser
 
 from ctbundles.atomic_io import atomic_write_json
 from ctbundles.datasets.orcascore import build_datalist
-from ctbundles.metrics.orcascore_evaluation import evaluate_predictions, pixel_scores
+from ctbundles.metrics.orcascore_evaluation import (
+    evaluate_predictions,
+    pixel_scores,
+    stage3_audit_summary,
+    stage3_lesion_audit,
+)
+from ctbundles.transforms.calcium_transforms import geometry_from_meta
 from ctbundles.transforms.ct_io import load_ct, load_label
 from ctbundles.transforms.orcascore_cascade import heart_roi_box
 
@@ -70,6 +78,25 @@ def stage1_scores(items, heart_dir, overrides) -> dict:
             total += int(mask.sum() + heart.sum())
     return {"heart_dice": 2 * inter / total if total else float("nan"),
             "reference_calcium_inside_roi": inside / calcium if calcium else float("nan")}
+
+
+def _segmentation(out_dir: Path, item, image) -> np.ndarray:
+    """The label map ``inference.json`` wrote for ``item`` into ``out_dir``, on the image's grid."""
+    return np.asarray(load_label(str(out_dir / f"{Path(item['image']).name.split('.')[0]}_seg.nii.gz"), like=image)).astype(np.int64)
+
+
+def stage3_audit(items, work: Path) -> dict:
+    """:func:`~ctbundles.metrics.orcascore_evaluation.stage3_audit_summary` of the segmentations in
+    ``work/stages_1_2`` and ``work/stages_1_2_3``, one case in memory at a time."""
+    audits = []
+    for item in items:
+        image = load_ct(item["image"])
+        ref = np.asarray(load_label(item["label"], like=image)).astype(np.int64)
+        ref[ref > 3] = 0  # orCaScore 4 = artery not determined, as evaluate_predictions
+        spacing = geometry_from_meta(image)[0]
+        audits.append(stage3_lesion_audit(image.numpy(), ref, _segmentation(work / "stages_1_2", item, image),
+                                          _segmentation(work / "stages_1_2_3", item, image), spacing))
+    return stage3_audit_summary(audits)
 
 
 def _value(text: str):
@@ -114,7 +141,7 @@ def main() -> int:
             hu = image.numpy()
             ref = np.asarray(load_label(item["label"], like=image)).astype(np.int64)
             ref[(ref > 3) | (hu <= 130)] = 0
-            pred = np.asarray(load_label(str(out_dir / f"{Path(item['image']).name.split('.')[0]}_seg.nii.gz"), like=image)).astype(np.int64)
+            pred = _segmentation(out_dir, item, image)
             pred[hu <= 130] = 0
             refs.append(ref)
             preds.append(pred)
@@ -122,12 +149,13 @@ def main() -> int:
         ev["lesion_f1"] = ev["lesions"]["all"]["f1"]
         ev["inference_seconds"] = round(seconds, 1)
         result[key] = ev
+    result["stage3_audit"] = stage3_audit(items, work)
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, result)
     short = {k: {"lesion_f1": v["lesion_f1"], "lesions": v["lesions"]["all"], "pixels": v["pixels_above_130hu"],
                  "agatston_icc": v["agatston_icc"], "risk_accuracy": v["risk_accuracy"], "kappa": v["risk_kappa_linear"]}
              for k, v in result.items() if k.startswith("stages")}
-    print(json.dumps({"stage1": result["stage1"], **short}, indent=1, default=float))
+    print(json.dumps({"stage1": result["stage1"], **short, "stage3_audit": result["stage3_audit"]}, indent=1, default=float))
     return 0
 
 
