@@ -34,7 +34,9 @@ BLOCKED_RUNNER = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockCtbundles())
-    sys.path[:] = [os.getcwd()] + [p for p in sys.path[1:] if p and not os.path.abspath(p).startswith(REPO_ROOT)]
+    # the repository's own folders leave sys.path; a virtual environment inside the repository (.venv) stays
+    sys.path[:] = [os.getcwd()] + [p for p in sys.path[1:]
+                                   if p and ("site-packages" in p or not os.path.abspath(p).startswith(REPO_ROOT))]
     module = sys.argv[1]
     sys.argv = [module] + sys.argv[2:]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
