@@ -60,6 +60,17 @@ def _majority_nonzero(component_ids: np.ndarray, labels: np.ndarray, n: int) -> 
     return out[1:]
 
 
+def _lesion_groups(hu: np.ndarray, label_maps: Sequence[np.ndarray], spacing: Sequence[float], threshold_hu: float):
+    """The orCaScore lesions over the voxels ``> threshold_hu`` that any of ``label_maps`` labels (value > 0):
+    3D 6-connected component ids, their number and each lesion's volume in mm^3."""
+    labelled = np.zeros(hu.shape, bool)
+    for labels in label_maps:
+        labelled |= labels > 0
+    ids, n = ndimage.label((hu > threshold_hu) & labelled, structure=ndimage.generate_binary_structure(3, 1))
+    volume = np.bincount(ids.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
+    return ids, n, volume
+
+
 def orcascore_lesions(hu, reference, prediction, spacing: Sequence[float] = (1.0, 1.0, 1.0), threshold_hu: float = 130.0) -> dict:
     """Lesions of the orCaScore protocol: 3D 6-connected groups of voxels ``> threshold_hu``.
 
@@ -69,14 +80,11 @@ def orcascore_lesions(hu, reference, prediction, spacing: Sequence[float] = (1.0
     hu, ref, pred = np.asarray(hu), np.asarray(reference), np.asarray(prediction)
     if not (hu.shape == ref.shape == pred.shape):
         raise ValueError(f"image {hu.shape}, reference {ref.shape} and prediction {pred.shape} must have the same shape")
-    mask = (hu > threshold_hu) & ((ref > 0) | (pred > 0))
-    ids, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
-    voxel_mm3 = float(np.prod(spacing))
-    volume = np.bincount(ids.ravel(), minlength=n + 1)[1:] * voxel_mm3
+    ids, n, volume = _lesion_groups(hu, (ref, pred), spacing, threshold_hu)
     return {
         "reference_label": _majority_nonzero(ids, ref, n),
         "predicted_label": _majority_nonzero(ids, pred, n),
-        "volume_mm3": volume.astype(np.float64),
+        "volume_mm3": volume,
     }
 
 
@@ -151,12 +159,10 @@ def stage3_lesion_audit(hu, reference, without_stage3, with_stage3, spacing: Seq
     if not (hu.shape == ref.shape == before.shape == after.shape):
         raise ValueError(f"image {hu.shape}, reference {ref.shape} and the predictions {before.shape}, {after.shape} "
                          "must have the same shape")
-    mask = (hu > threshold_hu) & ((ref > 0) | (before > 0) | (after > 0))
-    ids, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 1))
-    volume = np.bincount(ids.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
+    ids, n, volume = _lesion_groups(hu, (ref, before, after), spacing, threshold_hu)
     peak = np.asarray(ndimage.maximum(hu, ids, np.arange(1, n + 1)), np.float64).reshape(n)
     return {"reference_label": _majority_nonzero(ids, ref, n), "before_label": _majority_nonzero(ids, before, n),
-            "after_label": _majority_nonzero(ids, after, n), "volume_mm3": volume.astype(np.float64), "peak_hu": peak}
+            "after_label": _majority_nonzero(ids, after, n), "volume_mm3": volume, "peak_hu": peak}
 
 
 def stage3_audit_summary(audits: Sequence[Mapping], arteries: Mapping[str, int] = ORCASCORE_ARTERIES) -> dict:
