@@ -25,7 +25,7 @@ ICAC = "icac_ct_segmentation"
 # sys.path, as ``python -m`` from that folder does.
 BLOCKED_RUNNER = textwrap.dedent(
     """
-    import importlib.abc, os, runpy, sys
+    import importlib.abc, os, runpy, sys, sysconfig
 
     class BlockCtbundles(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -34,9 +34,11 @@ BLOCKED_RUNNER = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockCtbundles())
-    # the repository's own folders leave sys.path; a virtual environment inside the repository (.venv) stays
-    sys.path[:] = [os.getcwd()] + [p for p in sys.path[1:]
-                                   if p and ("site-packages" in p or not os.path.abspath(p).startswith(REPO_ROOT))]
+    # the repository's own folders leave sys.path; the environment's package folders stay, also when the
+    # virtual environment lives inside the repository (.venv)
+    packages = {os.path.abspath(sysconfig.get_path(k)) for k in ("purelib", "platlib")}
+    sys.path[:] = [os.getcwd()] + [p for p in sys.path[1:] if p and (os.path.abspath(p) in packages
+                                                                     or not os.path.abspath(p).startswith(REPO_ROOT))]
     module = sys.argv[1]
     sys.argv = [module] + sys.argv[2:]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
