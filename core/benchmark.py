@@ -311,6 +311,8 @@ def run_bench(out: str | os.PathLike, bundles: Sequence[str] | None = None, thre
         progress(f"{b}: generated {STANDARD_CASES[b]['kind']} case {shape} in {time.perf_counter() - t0:.0f} s; weights: {weights}")
         entry: dict[str, Any] = {"case": STANDARD_CASES[b]["label"] if not in_plane and not (shapes or {}).get(b) else f"{STANDARD_CASES[b]['kind']} {'x'.join(map(str, shape))}",
                                  "shape": list(shape), "weights": weights, "results": {}}
+        if ov:  # the --set overrides every configuration of this bundle ran with
+            entry["overrides"] = dict(ov)
         for d in devices:
             for config in (["default", "naive"] if naive else ["default"]) + (["amp"] if d == "cuda" else []):
                 step += 1
@@ -391,6 +393,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"| {b} | {entry['case']} | {key} | {_f(r['e2e_s'])} | {_f(r.get('cpu_s'), 0)} | {_f(r['read_preprocess_s'])} | {_f(r['network_s'])} | "
                          f"{_f(r['rest_s'])} | {r['runs'][0]['forward_calls']} | {_f(r['peak_rss_mb'], 0)} |")
     lines += ["", "Weights: " + "; ".join(f"{b}: {e['weights']}" for b, e in report.get("bundles", {}).items()) + "."]
+    sets = [f"{b}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in e["overrides"].items())
+            for b, e in report.get("bundles", {}).items() if e.get("overrides")]
+    if sets:
+        lines += ["", "Config overrides (`--set`, every configuration of the bundle): " + "; ".join(sets) + "."]
     if speed:
         lines += ["", "## Speed-up of the shipped configuration over the naive one", "",
                   "Naive: one slice or one window per forward pass, fp32, no cuDNN autotuning, in the same run. "

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from monai.inferers import Inferer, sliding_window_inference
 from monai.utils import convert_to_dst_type, convert_to_tensor
+from scipy import ndimage
 
 from ctbundles.errors import CTInputError
 from ctbundles.transforms.orcascore_cascade import (
@@ -87,6 +88,8 @@ class OrcaScoreCascadeInferer(Inferer):
        foreground gets a ``crop_size`` x ``crop_size`` window of the input slice; ``fp_network``
        keeps or removes calcium in each window, the windows' masks are pasted back (OR), and stage-2
        voxels outside the pasted mask become background. The artery class of a kept voxel is stage 2's.
+       Two options beyond the paper (both off by default): ``fp_views="both"`` runs stage 3 on two views
+       of each window and averages its softmax, and ``fp_whole_lesions`` keeps or removes whole 3D lesions.
 
     All networks are put in eval mode. Returns a float one-hot tensor ``(B, n_classes, X, Y, Z)`` (``n_classes`` = stage 2's outputs), so
     ``AsDiscreted(argmax=True)`` gives the label map. The 130 HU rule is applied after this, on HU.
@@ -122,6 +125,14 @@ class OrcaScoreCascadeInferer(Inferer):
             sees the input as given, for stages trained on differently prepared images (the shipped
             stage 1 was trained without histogram matching, stages 2-3 with it: ``inference.json``
             gives stage 1 the unmatched scan and matches the volume here for stages 2-3).
+        fp_views: ``"calcium_input"`` (the paper): stage 3 sees the volume stage 2 sees. ``"both"``: stage 3
+            also sees the inferer's input (with ``calcium_input_transform`` = histogram matching: the
+            unmatched scan) and the two softmax outputs are averaged per window. The matching darkens faint
+            lesions (the bundle's training log, Sessions 11 and 14); the unmatched view keeps them visible.
+        fp_whole_lesions: ``False`` (the paper): stage 3 keeps or removes voxels, so it can cut a lesion.
+            ``True``: a 3D lesion (6-connected component of the stage-2 foreground) is kept whole when stage 3
+            keeps any voxel of it, and removed whole otherwise; stage 3 then decides per lesion, the unit
+            the orCaScore protocol counts.
     """
 
     def __init__(
@@ -140,8 +151,14 @@ class OrcaScoreCascadeInferer(Inferer):
         calcium_threshold: float | None = None,
         fp_threshold: float | None = None,
         calcium_input_transform: Callable | None = None,
+        fp_views: str = "calcium_input",
+        fp_whole_lesions: bool = False,
     ) -> None:
         super().__init__()
+        if fp_views not in ("calcium_input", "both"):
+            raise ValueError(f"fp_views must be 'calcium_input' or 'both', got {fp_views!r}")
+        self.fp_views = fp_views
+        self.fp_whole_lesions = require_bool(fp_whole_lesions, "fp_whole_lesions", "OrcaScoreCascadeInferer")
         for name, value in (("calcium_threshold", calcium_threshold), ("fp_threshold", fp_threshold)):
             if value is not None and not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1) or None, got {value}")
@@ -189,9 +206,10 @@ class OrcaScoreCascadeInferer(Inferer):
         return fg.permute(1, 2, 0).cpu().numpy()
 
     def _one(self, vol: torch.Tensor, network: nn.Module):
-        label, box, vol, n_classes = self.stage2_labels(vol, network)
+        label, box, calcium_vol, n_classes = self.stage2_labels(vol, network)
         if self.use_fp_stage and self.fp_network is not None:
-            label = label * torch.as_tensor(self.keep_mask(vol, label > 0), device=label.device)
+            views = [calcium_vol] if self.fp_views == "calcium_input" else [calcium_vol, vol]
+            label = label * torch.as_tensor(self.keep_mask(views, label > 0), device=label.device)
         onehot = torch.nn.functional.one_hot(label, n_classes).permute(3, 0, 1, 2).to(vol.dtype)
         return onehot, box
 
@@ -228,23 +246,33 @@ class OrcaScoreCascadeInferer(Inferer):
         label[x0:x1, y0:y1] = calcium_labels(probs, self.calcium_threshold).permute(1, 2, 0)
         return label, [[x0, x1], [y0, y1]], vol, probs.shape[1]
 
-    def keep_mask(self, vol: torch.Tensor, fg: torch.Tensor) -> np.ndarray:
-        """Stage 3: ``(X, Y, Z)`` mask of the stage-2 foreground that the false-positive network keeps."""
+    def keep_mask(self, views: torch.Tensor | Sequence[torch.Tensor], fg: torch.Tensor) -> np.ndarray:
+        """Stage 3: ``(X, Y, Z)`` mask of the stage-2 foreground ``fg`` that the false-positive network keeps.
+
+        ``views``: one ``(1, X, Y, Z)`` volume, or several whose stage-3 softmax outputs are averaged per window
+        (``fp_views``). With ``fp_whole_lesions`` the kept voxels grow back to their whole 3D lesions.
+        """
+        views = [views] if isinstance(views, torch.Tensor) else list(views)
         fg_np = fg.cpu().numpy()
-        img = vol[0].cpu().numpy()
         keep = np.zeros(fg_np.shape, bool)
         jobs = [(z, component_crop_boxes(fg_np[:, :, z], self.crop_size)) for z in range(fg_np.shape[2])]
         jobs = [(z, c) for z, c in jobs if c]
         if not jobs:
             return keep
-        crops = np.concatenate([extract_crops(img[:, :, z], c, self.crop_size) for z, c in jobs])
-        x = torch.as_tensor(crops[:, None], dtype=vol.dtype, device=vol.device)
-        probs = _run_slices(self.fp_network, x, self.fp_batch_size)
+        probs = 0
+        for view in views:
+            img = view[0].cpu().numpy()
+            crops = np.concatenate([extract_crops(img[:, :, z], c, self.crop_size) for z, c in jobs])
+            x = torch.as_tensor(crops[:, None], dtype=view.dtype, device=view.device)
+            probs = probs + _run_slices(self.fp_network, x, self.fp_batch_size) / len(views)
         kept = (calcium_labels(probs, self.fp_threshold) > 0).cpu().numpy().astype(np.float32)
         start = 0
         for z, corners in jobs:
             pasted = paste_crops(kept[start : start + len(corners)], corners, fg_np.shape[:2])
             keep[:, :, z] = pasted > 0
             start += len(corners)
-        return keep & fg_np
-
+        keep &= fg_np
+        if self.fp_whole_lesions and keep.any():
+            # grow the kept voxels through the 6-connected stage-2 foreground: whole lesions in or out
+            keep = ndimage.binary_propagation(keep, structure=ndimage.generate_binary_structure(3, 1), mask=fg_np)
+        return keep

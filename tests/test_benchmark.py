@@ -63,6 +63,11 @@ def test_markdown_tables():
     assert "| cac_chest_cardiac_ct_segmentation | cpu | 2.50 | 3.40 |" in md
     assert "| 60 | 2.00 | 4 | 1.25 | 0.033 | 900 |" in md and "| 120 | 4.00 | 4 | 1.25 | 0.033 | 900 |" in md
     assert sum(line.startswith("|---") for line in md.splitlines()) == 3  # latency, speed-up and scaling tables
+    assert "Config overrides" not in md
+    report = _report()
+    report["bundles"][BUNDLE]["overrides"] = {"slab_batch_size": 3, "refuse_findings": []}
+    assert "Config overrides (`--set`, every configuration of the bundle): cac_chest_cardiac_ct_segmentation: " \
+           "slab_batch_size=3, refuse_findings=[]." in benchmark.to_markdown(report)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +105,7 @@ def test_bench_command_writes_json_and_markdown(tmp_path):
                    "--slices", "12,3,6", "--threads", "1", "--device", "cpu", "--random-weights", *sets])
     assert status == 0
     report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["bundles"][BUNDLE]["overrides"] == TINY
     results = report["bundles"][BUNDLE]["results"]
     assert set(results) == {"cpu/default", "cpu/naive", "cpu/speedup"}
     assert results["cpu/speedup"]["e2e"] == results["cpu/naive"]["e2e_s"] / results["cpu/default"]["e2e_s"]

@@ -484,3 +484,16 @@ def test_evaluate_cascade_stage3_audit_reads_both_runs_segmentations(tmp_path):
     assert summary["true_kept"]["median_volume_mm3"] == pytest.approx(1.5)  # 2 voxels of 0.75 mm^3
     assert summary["true_removed"]["median_peak_hu"] == 250.0 and summary["false_removed"]["median_peak_hu"] == 900.0
     assert summary["true_removed_by_artery"] == {"LAD": 0, "LCX": 0, "RCA": 1}
+
+
+def test_evaluate_cascade_overrides_read_as_monai_bundle_run_reads_them():
+    """``--override KEY VALUE`` goes both to the script's own parse of inference.json (stage 1's Dice) and to
+    the ``monai.bundle run`` calls (python-fire): both must read one value, e.g. ``True`` for
+    ``fp_whole_lesions``, which the inferer accepts only as a bool."""
+    import fire.parser
+
+    script = _bundle_script("evaluate_cascade")
+    for text, value in (("True", True), ("0.5", 0.5), ("[64, 64]", [64, 64]), ("both", "both"), ("$None", "$None"),
+                        ("true", "true"), ("/tmp/fp_model_epoch=20.pt", "/tmp/fp_model_epoch=20.pt")):
+        assert script._value(text) == value and type(script._value(text)) is type(value), text
+        assert fire.parser.DefaultParseValue(text) == value, text

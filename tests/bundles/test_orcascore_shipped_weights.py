@@ -91,6 +91,42 @@ def test_inference_with_shipped_weights_segments_fresh_cases(tmp_path):
     assert det["tp"] >= 19 and det["f1"] >= 0.85, det
 
 
+def test_opt_in_stage3_mode_from_inference_json_with_shipped_weights(tmp_path):
+    """``--fp_views both --fp_whole_lesions True`` (docs/README.md, Deviations 14) reach the inferer from
+    inference.json. On a fresh case with the shipped weights: whole lesions are the default's kept voxels grown
+    through the 6-connected stage-2 foreground, so every 3D lesion is in or out as a whole, and nothing outside the
+    default's lesions is added; the two views change which lesions stage 3 keeps."""
+    from scipy import ndimage
+
+    from ctbundles.datasets import orcascore
+    from ctbundles.synthetic.registry import generate
+
+    orcascore.write_case(generate("cardiac", FRESH_SEEDS[0], small=True), tmp_path, vendor=1, patient=1)
+    torch.set_num_threads(1)
+    masks = {}
+    for views, whole in (("calcium_input", False), ("calcium_input", True), ("both", True)):
+        parser = inference_parser(fp_views=views, fp_whole_lesions=whole)
+        inferer = parser.get_parsed_content("inferer")
+        assert (inferer.fp_views, inferer.fp_whole_lesions) == (views, whole)
+        data = parser.get_parsed_content("preprocessing")({"image": str(tmp_path / "Training" / "Images" / "TRV1P1CTI.mhd")})
+        stage2 = parser.get_parsed_content("network").eval()
+        stage2.load_state_dict(torch.load(MODELS / "model.pt", map_location="cpu", weights_only=True))
+        with torch.no_grad():  # the inferer puts the stage networks in eval mode, then stage2_labels reads its fg
+            masks[views, whole] = inferer(data["image"][None], stage2).argmax(1)[0].numpy() > 0
+            label, _, _, _ = inferer.stage2_labels(data["image"].as_tensor(), stage2)
+    fg = label.numpy() > 0
+    comp, n = ndimage.label(fg)
+    default, whole, both = masks["calcium_input", False], masks["calcium_input", True], masks["both", True]
+    assert default.sum() > 0 and (default <= whole).all() and whole.sum() > default.sum()
+    assert np.array_equal(whole, np.isin(comp, np.unique(comp[default])) & fg)
+    for m in (whole, both):  # every stage-2 lesion is kept or removed whole
+        kept = np.unique(comp[m])
+        assert np.array_equal(m, np.isin(comp, kept[kept > 0]))
+    # measured (2-core CPU, 2026-11-23): 46 stage-2 lesions; whole lesions keep 26, the two views 22 of them
+    kept_whole, kept_both = set(np.unique(comp[whole])), set(np.unique(comp[both]))
+    assert kept_both != kept_whole and 0 < len(kept_both) < n and 0 < len(kept_whole) < n
+
+
 @pytest.mark.slow  # about 1 minute per stage on a shared 2-core CPU
 @pytest.mark.parametrize("net_id", list(SHIPPED))
 def test_every_stage_verify_net_in_out_and_torchscript_export_with_shipped_weights(net_id, tmp_path):

@@ -97,6 +97,50 @@ def test_calcium_input_transform_feeds_stages_2_and_3_only():
     assert int(plain(phantom(), ThresholdNet(0.45)).argmax(1)[0].sum()) == 40 * 40 * 4
 
 
+def test_fp_whole_lesions_keeps_or_removes_whole_3d_lesions():
+    """``fp_whole_lesions``: stage 3 decides per 6-connected 3D lesion of the stage-2 foreground. A lesion over
+    slices 1-2, bright (1.0) on slice 2 and faint (0.93) on slice 1: stage 3 (> 0.95) keeps only its bright
+    part voxel by voxel, the whole lesion with the option. A faint voxel touching it only diagonally and the
+    faint aortic calcium are separate lesions without a kept voxel: removed either way."""
+    vol = phantom()
+    vol[0, 0, 60:62, 60:63, 1] = 0.93  # the lesion's faint slice, under the bright part of slice 2
+    vol[0, 0, 62, 63, 1] = 0.93  # touches (61, 62, 2) only diagonally: not 6-connected
+    kwargs = dict(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.95))
+    voxels = OrcaScoreCascadeInferer(**kwargs)(vol, ThresholdNet(0.9)).argmax(1)[0]
+    whole = OrcaScoreCascadeInferer(**kwargs, fp_whole_lesions=True)(vol, ThresholdNet(0.9)).argmax(1)[0]
+    expected = torch.zeros(128, 128, 4, dtype=torch.long)
+    expected[60:62, 60:63, 2] = 1
+    assert torch.equal(voxels, expected)
+    expected[60:62, 60:63, 1] = 1
+    assert torch.equal(whole, expected)
+    # without any kept voxel nothing grows back
+    none = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(1.5), fp_whole_lesions=True)
+    assert int(none(vol, ThresholdNet(0.9)).argmax(1)[0].sum()) == 0
+
+
+def test_fp_views_both_averages_stage3_over_calcium_input_and_scan():
+    """``fp_views="both"``: stage 3's softmax is the mean over the volume stage 2 sees (here halved) and the
+    inferer's input. Stage 3 = ThresholdNet(0.48), p = sigmoid(100 (x - 0.48)): the aortic calcium (0.93) has
+    p = sigmoid(-1.5) = 0.18 halved and about 1 unhalved, mean 0.59; the coronary calcium 0.94."""
+    halve = lambda v: v * 0.5  # noqa: E731
+    kwargs = dict(roi_network=ThresholdNet(0.5), fp_network=ThresholdNet(0.48), calcium_input_transform=halve)
+    stage2 = ThresholdNet(0.45)
+    one = OrcaScoreCascadeInferer(**kwargs)(phantom(), stage2).argmax(1)[0]
+    assert int(one.sum()) == 6  # the halved view alone removes the aortic calcium (0.18 < 0.5)
+    both = OrcaScoreCascadeInferer(**kwargs, fp_views="both")(phantom(), stage2).argmax(1)[0]
+    assert int(both.sum()) == 6 + 4 and int(both[45:47, 85:87, 2].sum()) == 4  # mean 0.59 > 0.5
+    for t, n in ((0.58, 6 + 4), (0.6, 6), (0.93, 6), (0.95, 0)):  # the means bracket 0.59 and 0.94
+        strict = OrcaScoreCascadeInferer(**kwargs, fp_views="both", fp_threshold=t)(phantom(), stage2).argmax(1)[0]
+        assert int(strict.sum()) == n, t
+
+
+def test_fp_options_are_checked():
+    with pytest.raises(ValueError, match="fp_views must be 'calcium_input' or 'both', got 'unmatched'"):
+        OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_views="unmatched")
+    with pytest.raises(TypeError, match="fp_whole_lesions must be true or false"):
+        OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_whole_lesions="true")
+
+
 def test_cascade_without_heart_uses_whole_slice():
     inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(5.0), fp_network=None)  # never says heart
     label = inferer(phantom(), ThresholdNet(0.9)).argmax(1)[0]

@@ -20,6 +20,7 @@ Runs ``configs/inference.json`` (the three stages with the shipped ``models/*.pt
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -100,10 +101,12 @@ def stage3_audit(items, work: Path) -> dict:
 
 
 def _value(text: str):
-    """A command-line value as ``monai.bundle run`` reads it: a number or JSON literal, else the string."""
+    """A command-line value as ``monai.bundle run`` (python-fire) reads it: a Python literal (``0.5``,
+    ``True``, ``None``, ``[64, 64]``), else the string (``both``, ``$None``). The same text goes to the
+    ``monai.bundle run`` calls, so both read one value; JSON's ``true`` / ``null`` are strings to both."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
         return text
 
 
