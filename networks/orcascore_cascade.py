@@ -208,7 +208,8 @@ class OrcaScoreCascadeInferer(Inferer):
     def _one(self, vol: torch.Tensor, network: nn.Module):
         label, box, calcium_vol, n_classes = self.stage2_labels(vol, network)
         if self.use_fp_stage and self.fp_network is not None:
-            views = [calcium_vol] if self.fp_views == "calcium_input" else [calcium_vol, vol]
+            # without calcium_input_transform the two views are one volume: stage 3 runs on it once
+            views = [calcium_vol] if self.fp_views == "calcium_input" or calcium_vol is vol else [calcium_vol, vol]
             label = label * torch.as_tensor(self.keep_mask(views, label > 0), device=label.device)
         onehot = torch.nn.functional.one_hot(label, n_classes).permute(3, 0, 1, 2).to(vol.dtype)
         return onehot, box

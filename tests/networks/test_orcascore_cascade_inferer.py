@@ -134,6 +134,24 @@ def test_fp_views_both_averages_stage3_over_calcium_input_and_scan():
         assert int(strict.sum()) == n, t
 
 
+def test_fp_views_both_without_calcium_input_transform_runs_stage3_once():
+    """Without ``calcium_input_transform`` both views are the inferer's input: the same output as one view,
+    from one stage-3 pass per window batch."""
+    calls = []
+
+    class Counting(ThresholdNet):
+        def forward(self, x):
+            calls.append(len(x))
+            return super().forward(x)
+
+    outs = []
+    for views in ("calcium_input", "both"):
+        calls.clear()
+        inferer = OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_network=Counting(0.95), fp_views=views)
+        outs.append((inferer(phantom(), ThresholdNet(0.9)), list(calls)))
+    assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1] == [2]  # two windows, one batch
+
+
 def test_fp_options_are_checked():
     with pytest.raises(ValueError, match="fp_views must be 'calcium_input' or 'both', got 'unmatched'"):
         OrcaScoreCascadeInferer(roi_network=ThresholdNet(0.5), fp_views="unmatched")
