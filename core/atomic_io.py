@@ -33,12 +33,33 @@ def split_suffix(name: str) -> tuple[str, str]:
     return name, ""
 
 
+def _companion_files(src: Path) -> list[Path]:
+    """Files an input reads besides itself: a MetaImage header's ``ElementDataFile`` (e.g. the ``.raw``)."""
+    if src.suffix.lower() != ".mhd" or not src.is_file():
+        return []
+    try:
+        lines = src.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile" and value.strip() and value.strip() != "LOCAL":
+            return [(src.parent / value.strip()).resolve()]
+    return []
+
+
 def refuse_overwrite(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> None:
-    """Raise ``ValueError`` when ``path`` is one of ``inputs`` (an existing file read by the computation)."""
+    """Raise ``ValueError`` when ``path`` is one of ``inputs`` (an existing file read by the computation, or the
+    data file of an input MetaImage header) or lies inside one that is a folder (a DICOM series: a report written there could replace a slice or join the series)."""
     target = Path(path).resolve()
     for src in inputs:
-        if src is not None and Path(src).exists() and Path(src).resolve() == target:
+        if src is None or not Path(src).exists():
+            continue
+        src = Path(src).resolve()
+        if src == target or target in _companion_files(src):
             raise ValueError(f"refusing to write {path} over an input file")
+        if src.is_dir() and target.is_relative_to(src):
+            raise ValueError(f"refusing to write {path} inside the input folder {src}; choose an output path outside it")
 
 
 def atomic_write(path: PathLike, writer: Callable[[str], Any], suffix: str | None = None, inputs: Iterable[PathLike | None] = ()) -> Path:

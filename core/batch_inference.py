@@ -86,7 +86,7 @@ def bundle_with_random_weights(bundle: str | os.PathLike, dest: str | os.PathLik
 
 
 def list_cases(source: str | os.PathLike, runner: "BundleRunner | None" = None) -> list[str]:
-    """The cases of ``source``: a datalist JSON (decathlon style: ``testing`` or ``training`` items,
+    """The cases of ``source``: a datalist JSON (decathlon style: ``testing`` (or ``test``), else ``training`` items,
     ``image`` relative to ``base_dir`` or the file's folder) or a folder, listed by the bundle's own
     ``datalist`` expression with ``dataset_dir`` set to it (so each bundle reads the files it knows)."""
     source = Path(source)
@@ -95,7 +95,12 @@ def list_cases(source: str | os.PathLike, runner: "BundleRunner | None" = None) 
             data = json.loads(source.read_text())
         except (OSError, ValueError) as err:
             raise CTInputError(f"{source}: not a readable datalist JSON ({err})") from err
-        items = data.get("testing") or data.get("training") or data.get("validation") or [] if isinstance(data, dict) else data
+        if isinstance(data, dict):  # "test" is what the project's folder layouts write, "testing" the decathlon key
+            items = data.get("testing") or data.get("test") or data.get("training") or data.get("validation") or []
+        else:
+            items = data
+        if not items:
+            raise CTInputError(f"{source}: no cases under 'testing', 'test', 'training' or 'validation'")
         base = Path(data.get("base_dir", source.parent)) if isinstance(data, dict) else source.parent
         if not base.is_absolute():
             base = source.parent / base

@@ -8,7 +8,6 @@ import sys
 
 from ctbundles import __version__
 from ctbundles.commands import COMMANDS
-from ctbundles.errors import CTInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CTInputError, FileExistsError) as err:
+    except (ValueError, FileExistsError) as err:  # CTInputError and the checks' ValueErrors: one line, no traceback
         print(f"ctbundles {args.command}: error: {err}", file=sys.stderr)
         return 2
 

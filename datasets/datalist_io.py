@@ -55,7 +55,7 @@ def write_datalist_json(datalist: dict, out: str | os.PathLike) -> Path:
     out = Path(out).resolve()
     base = out.parent
     data = dict(datalist)
-    for key in ("training", "validation", "test"):
+    for key in ("training", "validation", "test", "testing"):
         if key in data:
             data[key] = [{k: _rebase(v, base) for k, v in item.items()} for item in data[key]]
     return atomic_write_json(out, data)

@@ -41,7 +41,11 @@ def icc_absolute_agreement(x, y: Sequence[float] | None = None) -> float:
     msc = ss_cols / (k - 1)
     mse = ss_err / ((n - 1) * (k - 1))
     denom = msr + (k - 1) * mse + k * (msc - mse) / n
-    return float("nan") if denom == 0 else float((msr - mse) / denom)
+    # no variance at all (every rating equal): undefined. Compared with the ratings' size, because rounding
+    # leaves e.g. 1e-33 instead of 0 for seven ratings of 0.1, which would give 1.0000000000000002
+    if np.sum((data - grand) ** 2) <= 1e-12 * max(float(np.sum(data**2)), np.finfo(float).tiny) or denom == 0:
+        return float("nan")
+    return float(min((msr - mse) / denom, 1.0))
 
 
 def weighted_kappa(a: Sequence[int], b: Sequence[int], n_categories: int, weights: str = "linear") -> float:

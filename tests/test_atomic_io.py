@@ -43,3 +43,24 @@ def test_json_with_numpy_values_and_file_mode(tmp_path):
 @pytest.mark.parametrize("name, expected", [("case.nii.gz", ("case", ".nii.gz")), ("A.MHD", ("A", ".MHD")), ("notes.txt", ("notes.txt", ""))])
 def test_split_suffix(name, expected):
     assert split_suffix(name) == expected
+
+
+def test_refuses_to_write_inside_an_input_folder(tmp_path):
+    """A DICOM series is a folder: a report aimed at one of its slices, or anywhere under it, is refused."""
+    series = tmp_path / "dicom"
+    (series / "sub").mkdir(parents=True)
+    (series / "IM0001.dcm").write_bytes(b"slice")
+    for target in (series / "IM0001.dcm", series / "report.json", series / "sub" / "report.json"):
+        with pytest.raises(ValueError, match="inside the input folder"):
+            atomic_write_text(target, "report", inputs=[series])
+    assert (series / "IM0001.dcm").read_bytes() == b"slice" and sorted(p.name for p in series.rglob("*")) == ["IM0001.dcm", "sub"]
+    assert atomic_write_text(tmp_path / "report.json", "report", inputs=[series]).read_text() == "report"  # beside it: fine
+
+
+def test_refuses_to_write_over_the_data_file_of_an_input_metaimage(tmp_path):
+    header, raw = tmp_path / "scan.mhd", tmp_path / "scan.raw"
+    header.write_text("ObjectType = Image\nNDims = 3\nElementDataFile = scan.raw\n")
+    raw.write_bytes(b"voxels")
+    with pytest.raises(ValueError, match="over an input"):
+        atomic_write_text(raw, "report", inputs=[header])
+    assert raw.read_bytes() == b"voxels"

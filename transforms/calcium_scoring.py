@@ -273,6 +273,15 @@ def _as_label(label, shape) -> np.ndarray:
     return lab  # integer dtype kept as is (no copy of a large volume)
 
 
+def _check_finite_inside(hu: np.ndarray, lab: np.ndarray) -> None:
+    """NaN or infinite HU under the label would drop out of every ``>= 130 HU`` test and give a silently low
+    score: refuse them."""
+    inside = hu[lab > 0]
+    if inside.size and not np.all(np.isfinite(inside)):
+        bad = int(np.count_nonzero(~np.isfinite(inside)))
+        raise ValueError(f"the image holds {bad} NaN or infinite HU value(s) under the label: the score would be wrong")
+
+
 def _check_spacing(spacing: Sequence[float], slice_increment_mm: float | None) -> tuple[float, float, float]:
     sp = [float(s) for s in np.asarray(spacing, dtype=np.float64).ravel()]
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
@@ -355,6 +364,7 @@ def score_calcium(
     params.validate()
     hu = _as_array(hu, "hu")
     lab = _as_label(label, hu.shape)
+    _check_finite_inside(hu, lab)
     sx, sy, inc = _check_spacing(spacing, slice_increment_mm)
     pixel_area = sx * sy
     voxel_volume = pixel_area * inc
@@ -605,6 +615,7 @@ def icac_volume(
     names = None if label_names is None else _validate_mapping(label_names, "label_names")
     hu = _as_array(hu, "hu")
     lab = _as_label(label, hu.shape)
+    _check_finite_inside(hu, lab)
     sx, sy, inc = _check_spacing(spacing, None)
     voxel_volume = sx * sy * inc
     candidates = _candidates(hu, lab, float(threshold_hu), False)

@@ -27,7 +27,9 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 
+from ctbundles.errors import CTInputError
 from ctbundles.transforms.calcium_scoring import CalciumScoreParams, icac_volume, score_calcium
+from ctbundles.transforms.ct_checks import head_foot_axis
 
 __all__ = [
     "CalciumScore",
@@ -37,6 +39,7 @@ __all__ = [
     "ThresholdMaskHU",
     "ThresholdMaskHUd",
     "geometry_from_meta",
+    "check_axial_slices",
 ]
 
 
@@ -98,6 +101,34 @@ def _input_warnings(meta: Mapping, source: str = "input") -> list[str]:
     if isinstance(warnings, str):
         warnings = [warnings]
     return [f"{source}: {w}" for w in warnings]
+
+
+def check_axial_slices(affine) -> None:
+    """Raise ``ValueError`` unless array axis 2 is the scan's head-foot axis: Agatston scoring works on 2D
+    components of axial slices with the slice increment of axis 2 (REFERENCES.md section 1), so a volume stored
+    with the slices along another array axis (a reformatted or transposed file) would be scored on sagittal or
+    coronal planes (:func:`~ctbundles.transforms.ct_checks.head_foot_axis`). ``None`` (no affine): nothing to check."""
+    if affine is None:
+        return
+    axis = head_foot_axis(affine)
+    if axis != 2:
+        raise ValueError(f"the axial slices lie along array axis {axis}, not axis 2: the file is stored sagittal or coronal "
+                         "first; reorient it to axial slices along the last axis (e.g. MONAI Orientationd to RAS) before scoring")
+
+
+class _named_input_errors:
+    """Context manager: a ``ValueError`` from scoring one image is re-raised as ``CTInputError`` naming its file."""
+
+    def __init__(self, meta: Mapping) -> None:
+        self.source = _source(meta)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, ValueError) and not isinstance(exc, CTInputError):
+            raise CTInputError(f"{self.source or 'image without a file name'}: {exc}") from exc
+        return False
 
 
 def _source(meta: Mapping) -> str | None:
@@ -186,16 +217,18 @@ class CalciumScore(Transform):
         self.world_centroids = world_centroids
 
     def __call__(self, image, label) -> dict[str, Any]:
-        spacing, increment, affine = geometry_from_meta(image, self.spacing, self.slice_increment_mm)
-        report = score_calcium(
-            _spatial(image, "image", False),
-            _spatial(label, "label", True),
-            spacing,
-            slice_increment_mm=increment,
-            params=self.params,
-            affine=affine if self.world_centroids else None,
-        )
         meta = _meta(image)
+        with _named_input_errors(meta):
+            spacing, increment, affine = geometry_from_meta(image, self.spacing, self.slice_increment_mm)
+            check_axial_slices(affine)
+            report = score_calcium(
+                _spatial(image, "image", False),
+                _spatial(label, "label", True),
+                spacing,
+                slice_increment_mm=increment,
+                params=self.params,
+                affine=affine if self.world_centroids else None,
+            )
         report["warnings"] = _input_warnings(meta) + report["warnings"]
         report["source_image"] = _source(meta)
         return report
@@ -259,15 +292,16 @@ class ICACVolume(Transform):
         self.slice_increment_mm = slice_increment_mm
 
     def __call__(self, image, label) -> dict[str, Any]:
-        spacing, increment, _ = geometry_from_meta(image, self.spacing, self.slice_increment_mm)
-        report = icac_volume(
-            _spatial(image, "image", False),
-            _spatial(label, "label", True),
-            [spacing[0], spacing[1], increment],
-            label_names=self.label_names,
-            threshold_hu=self.threshold_hu,
-        )
         meta = _meta(image)
+        with _named_input_errors(meta):
+            spacing, increment, _ = geometry_from_meta(image, self.spacing, self.slice_increment_mm)
+            report = icac_volume(
+                _spatial(image, "image", False),
+                _spatial(label, "label", True),
+                [spacing[0], spacing[1], increment],
+                label_names=self.label_names,
+                threshold_hu=self.threshold_hu,
+            )
         # the segmentation's own warnings: ``FromNetworkFrame`` notes a scan that does not cover the network frame
         report["warnings"] = _input_warnings(meta) + _input_warnings(_meta(label), "segmentation") + report["warnings"]
         report["source_image"] = _source(meta)

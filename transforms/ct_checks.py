@@ -30,6 +30,7 @@ __all__ = [
     "assert_same_grid",
     "check_ct",
     "detect_contrast",
+    "head_foot_axis",
     "errors",
     "hu_summary",
 ]
@@ -113,10 +114,23 @@ def _num(meta: dict, key: str) -> float | None:
     return None if math.isnan(v) else v
 
 
+def head_foot_axis(affine) -> int:
+    """The array axis whose world direction (affine column) is closest to head-foot: 2 for axial slices stacked
+    along the last axis, as Agatston scoring and the 2.5D slabs assume; oblique (gantry tilt) stacks still give 2."""
+    direction = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(direction, axis=0)
+    if not np.all(norms > 0):
+        raise ValueError(f"the image affine has a zero column: {direction.tolist()}")
+    return int(np.argmax(np.abs(direction[2] / norms)))
+
+
 def hu_summary(image) -> dict:
-    """Minimum, maximum and the 1/5/50/95/99th percentiles of the values (HU)."""
+    """Minimum, maximum and the 1/5/50/95/99th percentiles of the finite values (HU; NaN when there are none)."""
     a = _array(image)
-    p = np.percentile(a, [1, 5, 50, 95, 99]) if a.size else [float("nan")] * 5
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return dict.fromkeys(("min", "p1", "p5", "p50", "p95", "p99", "max"), float("nan"))
+    p = np.percentile(a, [1, 5, 50, 95, 99])
     return {
         "min": float(a.min()),
         "p1": float(p[0]),
@@ -204,6 +218,13 @@ def check_ct(image) -> list[Finding]:
     meta = _meta(image)
     a = _array(image)
     findings: list[Finding] = []
+
+    finite = np.isfinite(a)
+    if not finite.all():
+        n_bad = int(a.size - np.count_nonzero(finite))
+        findings.append(Finding("non_finite", "error", f"{n_bad} voxel(s) are NaN or infinite: no HU value there, so "
+                                "thresholds, scores and the network input would be wrong."))
+        a = a[finite] if finite.any() else np.zeros(1, np.float32)  # the value checks below look at the rest
 
     modality = str(meta.get("modality", "") or "").upper()
     not_hu = _not_hu(a)
@@ -310,6 +331,16 @@ def check_ct(image) -> list[Finding]:
                 )
             )
     aff = np.asarray(getattr(image, "affine", np.eye(4)), dtype=float)
+    if aff.shape == (4, 4) and _array(image).ndim >= 3 and head_foot_axis(aff) != 2:
+        findings.append(
+            Finding(
+                "slice_axis",
+                "warning",
+                f"The head-foot direction lies along array axis {head_foot_axis(aff)}, not axis 2: the file is stored "
+                "sagittal or coronal first. Agatston scoring refuses it (its 2D lesions are axial); reorient it to "
+                "axial slices along the last axis (e.g. MONAI Orientationd to RAS) first.",
+            )
+        )
     if aff.shape == (4, 4) and not geo.get("tilted"):
         from ctbundles.transforms.ct_io import tilt_from_affine
 

@@ -66,10 +66,11 @@ def run(args) -> int:
     if out.is_dir():
         raise CTInputError(f"{out}: --out is a folder; give the datalist JSON file to write")
     datalist = module.build_datalist(root, **kwargs)
-    atomic_write_json(out, datalist)
-
     training = datalist.get("training", [])
-    testing = datalist.get("testing", [])
+    testing = datalist.get("testing", datalist.get("test", []))  # the folder layouts write "test", ISLES "testing"
+    listed = [v for item in training + testing for k, v in item.items() if k in ("image", "label") and isinstance(v, str)]
+    atomic_write_json(out, datalist, inputs=listed)  # never over a file it lists
+
     excluded = datalist.get("excluded", [])
     print(f"{args.layout}: {len(training)} training case(s), {len(testing)} testing case(s), "
           f"{len(excluded)} excluded -> {out}")

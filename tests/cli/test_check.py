@@ -87,3 +87,18 @@ def test_check_help(capsys):
     out = capsys.readouterr().out
     for word in ("--series-uid", "--json", "--tilt", "--nonuniform", "Exit status"):
         assert word in out
+
+
+def test_check_nan_voxels_is_an_error_finding_not_a_crash(tmp_path, capsys):
+    """Review of session 16: one NaN voxel used to crash the report (a None formatted as a number)."""
+    rng = np.random.default_rng(0)
+    data = np.full((24, 24, 12), -1000.0, np.float32)
+    data[4:20, 4:20, :] = 40.0 + rng.normal(0, 10, (16, 16, 12))
+    data[10, 10, 5] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 3.0, 1.0])), path)
+    rc, out, err = _run(capsys, path, "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert rc == 1 and [f["code"] for f in report["findings"]] == ["non_finite"]
+    assert "1 voxel(s) are NaN or infinite" in out and report["hu"]["min"] == pytest.approx(data[np.isfinite(data)].min())
+    assert "Traceback" not in err

@@ -98,3 +98,26 @@ def test_other_layouts_dispatch_to_their_builder(layout, module, tmp_path, monke
     assert calls == [(str(tmp_path), 4, 9)]
     assert json.loads(out.read_text())["training"][0]["image"] == "a.nii.gz"
     assert "excluded c.nii.gz: no label named c" in capsys.readouterr().out
+
+
+def _folder_cohort(root):
+    import nibabel as nib
+    import numpy as np
+
+    for sub, name in (("imagesTr", "tr1"), ("labelsTr", "tr1"), ("imagesTs", "ts1")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        data = np.zeros((4, 4, 3), np.uint8) if sub == "labelsTr" else np.full((4, 4, 3), -1000, np.int16)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), root / sub / f"{name}.nii.gz")
+    return root
+
+
+def test_folder_layout_counts_its_test_cases_and_never_writes_over_a_listed_file(tmp_path, capsys):
+    """Review of session 16: the folder layouts write "test", which the command used to ignore (0 testing cases);
+    --out aimed at a file the datalist lists replaced that label with JSON."""
+    root = _folder_cohort(tmp_path / "fl")
+    assert main(["datalist", "folder", str(root), "--out", str(tmp_path / "dl.json"), "--folds", "1"]) == 0
+    assert "1 training case(s), 1 testing case(s)" in capsys.readouterr().out
+    label = root / "labelsTr" / "tr1.nii.gz"
+    before = label.read_bytes()
+    assert main(["datalist", "folder", str(root), "--out", str(label), "--folds", "1"]) == 2
+    assert "over an input file" in capsys.readouterr().err and label.read_bytes() == before

@@ -136,3 +136,30 @@ def test_missing_keys():
     assert "calcium_score" not in CalciumScored(allow_missing_keys=True)({"image": img})
     with pytest.raises(KeyError):
         CalciumScored()({"image": img})
+
+
+def test_scoring_errors_name_the_file_and_refuse_unscoreable_input():
+    """Review of session 16: a label on another grid, NaN HU under the label, or slices stored along another array
+    axis raise CTInputError (a ValueError) naming the image file, instead of a traceback without it or a silently
+    wrong score."""
+    from ctbundles.errors import CTInputError
+
+    img, lab = make_case()
+    with pytest.raises(CTInputError, match=r"^/data/case_007\.nii\.gz: label shape"):
+        CalciumScore()(img, lab[:, :, :3])
+    nan_img = img.clone()
+    nan_img[3, 3, 1] = float("nan")
+    with pytest.raises(CTInputError, match=r"case_007.*1 NaN or infinite HU"):
+        CalciumScore()(nan_img, lab)
+    with pytest.raises(CTInputError, match=r"case_007.*NaN or infinite HU"):
+        ICACVolume()(nan_img, lab)
+    reference = CalciumScore()(img, lab)["agatston"]
+    # the same voxels transposed to (Z, X, Y) with an affine that says so: refused, not scored on the wrong planes
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[0, 1], affine[1, 2], affine[3, 3] = 3.0, -0.5, -0.5, 1.0
+    meta = {"affine": torch.as_tensor(affine), "filename_or_obj": "/data/case_007_sag.nii.gz"}
+    t_img = MetaTensor(img.as_tensor().permute(2, 0, 1).contiguous(), meta=meta)
+    t_lab = MetaTensor(lab.as_tensor().permute(2, 0, 1).contiguous(), meta=dict(meta))
+    with pytest.raises(CTInputError, match=r"case_007_sag.*array axis 0, not axis 2"):
+        CalciumScore()(t_img, t_lab)
+    assert reference == pytest.approx(CalciumScore()(img, lab)["agatston"]) and reference > 0

@@ -189,3 +189,33 @@ def test_finding_severity_validated():
     assert Finding("x", "info", "m").as_dict() == {"code": "x", "severity": "info", "message": "m"}
     with pytest.raises(ValueError, match="severity"):
         Finding("x", "fatal", "m")
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN / infinite voxels and the slice axis (review of session 16)
+# ------------------------------------------------------------------------------------------------
+def test_non_finite_voxels_are_an_error_and_the_summary_stays_finite():
+    data = _body(shape=(30, 30, 20))
+    data[3, 4, 5], data[6, 7, 8], data[1, 1, 1] = np.nan, np.inf, -np.inf
+    found = check_ct(_image(data))
+    bad = [f for f in found if f.code == "non_finite"]
+    assert len(bad) == 1 and bad[0].severity == "error" and bad[0].message.startswith("3 voxel(s)")
+    assert "not_hu" not in codes(found)  # the other value checks look at the finite voxels
+    s = hu_summary(_image(data))
+    assert all(np.isfinite(v) for v in s.values()) and s["min"] < -1000
+    assert all(np.isnan(v) for v in hu_summary(_image(np.full((4, 4, 4), np.nan))).values())
+
+
+def test_volume_stored_sagittal_first_is_reported():
+    """The same voxels with the array axes permuted (head-foot on axis 0) and an affine that says so."""
+    data = _body(shape=(30, 30, 20))
+    image = _image(data)
+    assert "slice_axis" not in codes(check_ct(image))
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[0, 1], affine[1, 2], affine[3, 3] = 1.5, 1.5, 1.5, 1.0  # axis 0 runs head-foot
+    permuted = MetaTensor(torch.as_tensor(np.ascontiguousarray(data.transpose(2, 0, 1))), meta={"affine": torch.as_tensor(affine)})
+    found = [f for f in check_ct(permuted) if f.code == "slice_axis"]
+    assert len(found) == 1 and found[0].severity == "warning" and "array axis 0" in found[0].message
+    tilted = np.diag([1.0, 1.0, 2.0, 1.0])
+    tilted[1, 2] = 2.0 * np.tan(np.deg2rad(25.0))  # a strong gantry tilt is still axial
+    assert "slice_axis" not in codes(check_ct(MetaTensor(torch.as_tensor(data), meta={"affine": torch.as_tensor(tilted)})))
