@@ -2,10 +2,14 @@
 and the pixel-level metrics of Araújo et al. (Sect. 4.2, Eqs. 1-3; Table 5 with / without stage 3).
 
 * Lesions: 3D 6-connected groups of voxels above 130 HU that the reference or the prediction labels
-  as calcium; each lesion takes the majority (most frequent non-zero) label of the reference and of
-  the prediction among its voxels. Per artery, a lesion is a true positive when both give it that
-  artery, a false negative when only the reference does, a false positive when only the prediction
-  does. Sensitivity and positive predictive value by count and by volume, F1 on volume.
+  as calcium; each lesion takes the majority label of the reference and of the prediction over all its
+  voxels, unlabelled ones (0) included, so a prediction that covers a minority of a reference lesion's
+  voxels does not detect it. Per artery, a lesion is a true positive when both give it that artery, a
+  false negative when only the reference does, a false positive when only the prediction does.
+  Sensitivity and positive predictive value by count and by volume, F1 on volume. The looser vote over
+  the labelled voxels only (any overlap detects; this module's rule before version 0.6.3 of the cascade
+  bundle) stays available as ``count_unlabelled=False`` and as ``"lesions_any_overlap"`` in
+  :func:`evaluate_cohort`, so figures measured with it can still be compared.
 * Per patient: Agatston and volume scores, agreement by the two-way random, absolute-agreement,
   single-measure intraclass correlation ICC(A,1) (McGraw & Wong 1996, case 2A = Shrout & Fleiss ICC(2,1)).
 * Risk categories (0, 1-10, 11-100, 101-400, >400): linearly weighted Cohen's kappa.
@@ -46,17 +50,21 @@ __all__ = [
 ORCASCORE_ARTERIES = {"LAD": 1, "LCX": 2, "RCA": 3}
 
 
-def _majority_nonzero(component_ids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Most frequent non-zero label of each component 1..n (0 when none; ties -> smallest label)."""
-    out = np.zeros(n + 1, np.int64)
-    sel = labels > 0
-    if not sel.any():
-        return out[1:]
-    ids, labs = component_ids[sel], labels[sel].astype(np.int64)
-    counts = np.zeros((n + 1, int(labs.max()) + 1), np.int64)
-    np.add.at(counts, (ids, labs), 1)
-    has = counts.sum(axis=1) > 0
-    out[has] = counts[has].argmax(axis=1)
+def _majority_label(component_ids: np.ndarray, labels: np.ndarray, n: int, count_unlabelled: bool = True) -> np.ndarray:
+    """Majority label of each component 1..n of ``component_ids`` (0 = background outside the components).
+
+    ``count_unlabelled``: the vote runs over every voxel of the component, label 0 included (the orCaScore
+    rule, REFERENCES.md section 2); otherwise over its labelled voxels only (0 only when none is labelled).
+    Ties go to the smallest label, so a component half labelled and half not counts as unlabelled.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.min(initial=0) < 0:
+        raise ValueError(f"labels must be >= 0, got a minimum of {labels.min()}")
+    sel = component_ids > 0 if count_unlabelled else (component_ids > 0) & (labels > 0)
+    counts = np.zeros((n + 1, int(labels.max(initial=0)) + 1), np.int64)
+    np.add.at(counts, (component_ids[sel], labels[sel]), 1)
+    out = counts.argmax(axis=1)
+    out[counts.sum(axis=1) == 0] = 0
     return out[1:]
 
 
@@ -71,19 +79,22 @@ def _lesion_groups(hu: np.ndarray, label_maps: Sequence[np.ndarray], spacing: Se
     return ids, n, volume
 
 
-def orcascore_lesions(hu, reference, prediction, spacing: Sequence[float] = (1.0, 1.0, 1.0), threshold_hu: float = 130.0) -> dict:
+def orcascore_lesions(hu, reference, prediction, spacing: Sequence[float] = (1.0, 1.0, 1.0), threshold_hu: float = 130.0,
+                      count_unlabelled: bool = True) -> dict:
     """Lesions of the orCaScore protocol: 3D 6-connected groups of voxels ``> threshold_hu``.
 
-    Only voxels that the reference or the prediction labels (value > 0) are grouped. Returns
-    ``{"reference_label", "predicted_label", "volume_mm3"}`` arrays, one entry per lesion.
+    Only voxels that the reference or the prediction labels (value > 0) are grouped; each group takes
+    the majority label of the reference and of the prediction (:func:`_majority_label`; with
+    ``count_unlabelled`` false, any labelled voxel decides). Returns ``{"reference_label",
+    "predicted_label", "volume_mm3"}`` arrays, one entry per lesion.
     """
     hu, ref, pred = np.asarray(hu), np.asarray(reference), np.asarray(prediction)
     if not (hu.shape == ref.shape == pred.shape):
         raise ValueError(f"image {hu.shape}, reference {ref.shape} and prediction {pred.shape} must have the same shape")
     ids, n, volume = _lesion_groups(hu, (ref, pred), spacing, threshold_hu)
     return {
-        "reference_label": _majority_nonzero(ids, ref, n),
-        "predicted_label": _majority_nonzero(ids, pred, n),
+        "reference_label": _majority_label(ids, ref, n, count_unlabelled),
+        "predicted_label": _majority_label(ids, pred, n, count_unlabelled),
         "volume_mm3": volume,
     }
 
@@ -152,7 +163,8 @@ def stage3_lesion_audit(hu, reference, without_stage3, with_stage3, spacing: Seq
     Lesions are :func:`orcascore_lesions`' groups over the voxels that the reference, the stage 1-2 output
     (``without_stage3``) or the stage 1-2-3 output labels. Returns arrays, one entry per lesion:
     ``reference_label``, ``before_label``, ``after_label`` (majority labels, 0 = none), ``volume_mm3`` and
-    ``peak_hu``. A lesion with ``before_label > 0`` and ``after_label == 0`` is one that stage 3 removed.
+    ``peak_hu``; the labels are majorities over all the lesion's voxels, as :func:`orcascore_lesions`. A lesion
+    with ``before_label > 0`` and ``after_label == 0`` is one that stage 3 removed (or cut below half of it).
     """
     hu, ref = np.asarray(hu), np.asarray(reference)
     before, after = np.asarray(without_stage3), np.asarray(with_stage3)
@@ -161,8 +173,8 @@ def stage3_lesion_audit(hu, reference, without_stage3, with_stage3, spacing: Seq
                          "must have the same shape")
     ids, n, volume = _lesion_groups(hu, (ref, before, after), spacing, threshold_hu)
     peak = np.asarray(ndimage.maximum(hu, ids, np.arange(1, n + 1)), np.float64).reshape(n)
-    return {"reference_label": _majority_nonzero(ids, ref, n), "before_label": _majority_nonzero(ids, before, n),
-            "after_label": _majority_nonzero(ids, after, n), "volume_mm3": volume, "peak_hu": peak}
+    return {"reference_label": _majority_label(ids, ref, n), "before_label": _majority_label(ids, before, n),
+            "after_label": _majority_label(ids, after, n), "volume_mm3": volume, "peak_hu": peak}
 
 
 def stage3_audit_summary(audits: Sequence[Mapping], arteries: Mapping[str, int] = ORCASCORE_ARTERIES) -> dict:
@@ -190,10 +202,19 @@ def stage3_audit_summary(audits: Sequence[Mapping], arteries: Mapping[str, int] 
 
 def evaluate_cohort(cases: Sequence[Mapping]) -> dict:
     """The full protocol over cases ``{"hu", "reference", "prediction", "spacing", "agatston_reference",
-    "agatston_predicted", "volume_reference", "volume_predicted"}`` (scores from the project's scoring)."""
-    lesions = [orcascore_lesions(c["hu"], c["reference"], c["prediction"], c.get("spacing", (1, 1, 1))) for c in cases]
+    "agatston_predicted", "volume_reference", "volume_predicted"}`` (scores from the project's scoring).
+
+    ``"lesions"`` follows the protocol's majority vote; ``"lesions_any_overlap"`` is the same count with
+    the vote over labelled voxels only (:func:`orcascore_lesions` with ``count_unlabelled=False``).
+    """
+    lesions, loose = [], []
+    for c in cases:
+        args = (c["hu"], c["reference"], c["prediction"], c.get("spacing", (1, 1, 1)))
+        lesions.append(orcascore_lesions(*args))
+        loose.append(orcascore_lesions(*args, count_unlabelled=False))
     return {
         "lesions": lesion_detection(lesions),
+        "lesions_any_overlap": lesion_detection(loose),
         **_score_agreement(cases),
         "pixels": pixel_scores([c["reference"] for c in cases], [c["prediction"] for c in cases]),
     }
@@ -214,21 +235,26 @@ def _score_agreement(cases: Sequence[Mapping]) -> dict:
 def pool_evaluations(results: Sequence[Mapping]) -> dict:
     """Results of :func:`evaluate_predictions` on disjoint cohorts, pooled as one cohort would give them.
 
-    Lesion counts and volumes per artery and the pixel counts (``"pixels"`` and any other entry with
+    Lesion counts and volumes per artery (``"lesions"``, and ``"lesions_any_overlap"`` when every result has
+    it) and the pixel counts (``"pixels"`` and any other entry with
     ``tp`` / ``fp`` / ``fn``, e.g. ``"pixels_above_130hu"``) are summed and their ratios recomputed;
     ICC, kappa and risk accuracy are computed over the per-case scores (``"cases"``) of all cohorts.
     """
     if not results:
         raise ValueError("pool_evaluations: no results to pool")
     cases = [row for r in results for row in r["cases"]]
-    lesions = {}
-    for name in results[0]["lesions"]:
-        counts = [int(sum(r["lesions"][name][k] for r in results)) for k in ("tp", "fp", "fn")]
-        volumes = [float(sum(r["lesions"][name][k] for r in results)) for k in ("tp_mm3", "fp_mm3", "fn_mm3")]
-        lesions[name] = _detection_entry(*counts, *volumes)
-    pooled = {"lesions": lesions, **_score_agreement(cases), "cases": cases}
+    pooled = {}
+    for key in ("lesions", "lesions_any_overlap"):
+        if not all(key in r for r in results):
+            continue  # results written before the any-overlap entry existed
+        pooled[key] = {}
+        for name in results[0][key]:
+            counts = [int(sum(r[key][name][k] for r in results)) for k in ("tp", "fp", "fn")]
+            volumes = [float(sum(r[key][name][k] for r in results)) for k in ("tp_mm3", "fp_mm3", "fn_mm3")]
+            pooled[key][name] = _detection_entry(*counts, *volumes)
+    pooled.update(**_score_agreement(cases), cases=cases)
     for key, value in results[0].items():
-        if isinstance(value, Mapping) and {"tp", "fp", "fn"} <= set(value) and key != "lesions":
+        if isinstance(value, Mapping) and {"tp", "fp", "fn"} <= set(value):
             pooled[key] = _pixel_entry(*(sum(int(r[key][k]) for r in results) for k in ("tp", "fp", "fn")))
     return pooled
 

@@ -56,11 +56,13 @@ def test_shipped_files_under_25_mb_and_load_strictly(net_id):
 
 def test_inference_with_shipped_weights_segments_fresh_cases(tmp_path):
     """The cascade as shipped (stages 1-2-3; stage 3 is on by default since 0.3.0, docs/README.md) on two unseen
-    small cardiac cases: pooled orCaScore lesion F1 (3D 6-connected > 130 HU lesions, any artery) at least 0.85.
-    Measured 0.894 with version 0.6.0 (21 TP, 1 FP, 4 FN; 2-core CPU, 2026-11-23); 0.818 with 0.5.0 (18 / 1 / 7;
+    small cardiac cases: pooled orCaScore lesion F1 (3D 6-connected > 130 HU lesions, any artery, majority vote over
+    all of a lesion's voxels) at least 0.75, and at least 0.85 when any labelled voxel decides (the looser vote the
+    figures below were measured with). Measured 0.791 (17 TP, 1 FP, 8 FN; 2026-11-23, version 0.6.3's vote) and,
+    with the looser vote, 0.894 with version 0.6.0 (21 TP, 1 FP, 4 FN; 2-core CPU, 2026-11-23); 0.818 with 0.5.0 (18 / 1 / 7;
     stage 1 on the unmatched scan, calcium_threshold 0.65); 0.70 with 0.4.0 (14 / 1 / 11, the same with 0.3.0;
-    0.2.0: 0.42). Two cases are no measure of the issue's 0.8 (docs/README.md, Performance: 0.774 on the 48
-    held-out cases)."""
+    0.2.0: 0.42). Two cases are no measure of the issue's 0.8 (docs/README.md, Performance: the 48 held-out
+    cases)."""
     from ctbundles.datasets import orcascore
     from ctbundles.metrics.orcascore_evaluation import lesion_detection, orcascore_lesions
     from ctbundles.synthetic.registry import generate
@@ -73,7 +75,7 @@ def test_inference_with_shipped_weights_segments_fresh_cases(tmp_path):
     torch.set_num_threads(1)
     run(run_id="run", config_file=INFERENCE, bundle_root=str(BUNDLE), dataset_dir=str(root / "Training" / "Images"),
         output_dir=str(out))
-    lesions = []
+    lesions, loose = [], []
     for i in range(len(FRESH_SEEDS)):
         image = load_ct(root / "Training" / "Images" / f"TRV1P{i + 1}CTI.mhd")
         hu = image.numpy()
@@ -83,12 +85,15 @@ def test_inference_with_shipped_weights_segments_fresh_cases(tmp_path):
         pred = np.asarray(seg.dataobj).astype(np.int64)
         assert pred.shape == hu.shape and set(np.unique(pred).tolist()) <= {0, 1, 2, 3}
         assert (hu[pred > 0] >= 130).all()
-        lesions.append(orcascore_lesions(hu, ref, pred, [float(s) for s in image.meta["spacing"]]))
+        spacing = [float(s) for s in image.meta["spacing"]]
+        lesions.append(orcascore_lesions(hu, ref, pred, spacing))
+        loose.append(orcascore_lesions(hu, ref, pred, spacing, count_unlabelled=False))
         report = json.loads((out / f"TRV1P{i + 1}CTI.json").read_text())
         assert report["agatston"] >= 0
-    det = lesion_detection(lesions)["all"]
-    assert det["tp"] + det["fn"] > 0
-    assert det["tp"] >= 19 and det["f1"] >= 0.85, det
+    det, det_loose = lesion_detection(lesions)["all"], lesion_detection(loose)["all"]
+    assert det["tp"] + det["fn"] == det_loose["tp"] + det_loose["fn"] == 25  # the generator's lesions of the two cases
+    assert det["tp"] >= 16 and det["f1"] >= 0.75, det
+    assert det_loose["tp"] >= 19 and det_loose["f1"] >= 0.85, det_loose
 
 
 def test_opt_in_stage3_mode_from_inference_json_with_shipped_weights(tmp_path):

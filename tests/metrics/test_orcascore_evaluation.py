@@ -42,11 +42,38 @@ def test_lesions_are_6_connected_above_130_with_majority_labels():
 
 
 def test_majority_label_of_mixed_lesion():
-    hu = np.full((4, 1, 1), 300.0)
-    ref = np.array([1, 1, 1, 2], np.uint8).reshape(4, 1, 1)
-    pred = np.array([0, 0, 3, 3], np.uint8).reshape(4, 1, 1)
+    """The vote runs over every voxel of the lesion, unlabelled ones included; ties go to the smaller label."""
+    hu = np.full((5, 1, 1), 300.0)
+    ref = np.array([1, 1, 1, 2, 0], np.uint8).reshape(5, 1, 1)
+    pred = np.array([0, 0, 3, 3, 3], np.uint8).reshape(5, 1, 1)
     les = orcascore_lesions(hu, ref, pred)
-    assert les["reference_label"].tolist() == [1] and les["predicted_label"].tolist() == [3]
+    assert les["reference_label"].tolist() == [1] and les["predicted_label"].tolist() == [3]  # 3 of 5 voxels
+    pred[2] = 0  # now 0: 3 voxels, 3: 2 voxels
+    assert orcascore_lesions(hu, ref, pred)["predicted_label"].tolist() == [0]
+    pred[4] = 1  # 0: 3, 1: 1, 3: 1 -> 0; over the labelled voxels only, 1 and 3 tie -> 1
+    assert orcascore_lesions(hu, ref, pred)["predicted_label"].tolist() == [0]
+    assert orcascore_lesions(hu, ref, pred, count_unlabelled=False)["predicted_label"].tolist() == [1]
+    ref[:], pred[:] = 0, 1
+    ref[0:2] = 2  # one lesion of 5 voxels (the prediction joins them), 2 of them labelled LCX: no reference lesion
+    les = orcascore_lesions(hu, ref, pred)
+    assert les["reference_label"].tolist() == [0] and les["predicted_label"].tolist() == [1]
+
+
+def test_a_touch_is_not_a_detection():
+    """A prediction covering 1 of 100 voxels of a reference lesion misses it (orCaScore majority vote); 51 of
+    100 detect it. ``lesions_any_overlap`` keeps the looser count where any labelled voxel decides."""
+    hu = np.full((10, 10, 1), 300.0)
+    ref = np.ones((10, 10, 1), np.uint8)
+    cases = []
+    for covered in (1, 50, 51):
+        pred = np.zeros_like(ref)
+        pred.reshape(-1)[:covered] = 1
+        cases.append({"hu": hu, "reference": ref, "prediction": pred, "agatston_reference": 1.0, "agatston_predicted": 1.0,
+                      "volume_reference": 1.0, "volume_predicted": 1.0})
+    strict = [evaluate_cohort([c])["lesions"]["all"] for c in cases]
+    loose = [evaluate_cohort([c])["lesions_any_overlap"]["all"] for c in cases]
+    assert [(d["tp"], d["fp"], d["fn"]) for d in strict] == [(0, 0, 1), (0, 0, 1), (1, 0, 0)]
+    assert [(d["tp"], d["fp"], d["fn"]) for d in loose] == [(1, 0, 0), (1, 0, 0), (1, 0, 0)]
 
 
 def test_lesion_detection_per_artery():
@@ -71,6 +98,15 @@ def test_lesion_detection_per_artery():
 ])
 def test_icc_absolute_agreement(x, y, expected):
     assert icc_absolute_agreement(x, y) == pytest.approx(expected)
+
+
+def test_icc_without_variance_is_undefined_and_never_above_one():
+    """Equal ratings everywhere: NaN, also when rounding leaves a tiny sum of squares (0.1 is not exact in binary,
+    and seven of them gave 1.0000000000000002 before the tolerance)."""
+    assert math.isnan(icc_absolute_agreement([0.1] * 7, [0.1] * 7))
+    assert math.isnan(icc_absolute_agreement([0.0] * 5, [0.0] * 5))
+    for x in ([0.1, 0.2, 0.3] * 5, [0.7, 0.1, 1e-3, 3.3, 0.2]):
+        assert icc_absolute_agreement(x, x) == pytest.approx(1.0) and icc_absolute_agreement(x, x) <= 1.0
 
 
 @pytest.mark.parametrize("a,b,k,expected", [
@@ -151,12 +187,13 @@ def test_pool_evaluations_of_disjoint_cohorts_equals_the_evaluation_of_their_uni
 
     whole = evaluate_cohort(cases)
     pooled = pool_evaluations([evaluated(cases[:2]), evaluated(cases[2:])])
-    for artery in ("LAD", "LCX", "RCA", "all"):
-        for k, v in whole["lesions"][artery].items():
-            if isinstance(v, float) and math.isnan(v):
-                assert math.isnan(pooled["lesions"][artery][k])
-            else:
-                assert pooled["lesions"][artery][k] == pytest.approx(v), (artery, k)
+    for key in ("lesions", "lesions_any_overlap"):
+        for artery in ("LAD", "LCX", "RCA", "all"):
+            for k, v in whole[key][artery].items():
+                if isinstance(v, float) and math.isnan(v):
+                    assert math.isnan(pooled[key][artery][k])
+                else:
+                    assert pooled[key][artery][k] == pytest.approx(v), (key, artery, k)
     assert pooled["pixels"] == pytest.approx(whole["pixels"])
     for k in ("agatston_icc", "volume_icc", "risk_kappa_linear", "risk_accuracy"):
         assert pooled[k] == pytest.approx(whole[k]), k

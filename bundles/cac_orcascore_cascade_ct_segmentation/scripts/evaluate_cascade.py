@@ -9,7 +9,8 @@ Runs ``configs/inference.json`` (the three stages with the shipped ``models/*.pt
   same cohort in the NIfTI layout, ``--heart_dir``; optional), and the fraction of reference calcium
   voxels (> 130 HU) inside the patient's ROI box;
 * stages 2 and 2 + 3: pixel precision / recall / F1 of the voxels > 130 HU (the paper's Table 5),
-  orCaScore lesion detection per artery (sensitivity, PPV), lesion F1, Agatston and volume ICC(A,1),
+  orCaScore lesion detection per artery (sensitivity, PPV), lesion F1 (the protocol's majority vote; also
+  ``lesion_f1_any_overlap``, the looser vote of versions before 0.6.3), Agatston and volume ICC(A,1),
   risk-category accuracy and linearly weighted kappa (``ctbundles.metrics.orcascore_evaluation``);
 * stage 3 per lesion (``stage3_audit``): how many true and false lesions of the stage 1-2 output stage 3
   kept and removed, with their median volume and peak HU, and the removed true lesions by artery.
@@ -150,12 +151,13 @@ def main() -> int:
             preds.append(pred)
         ev["pixels_above_130hu"] = pixel_scores(refs, preds)
         ev["lesion_f1"] = ev["lesions"]["all"]["f1"]
+        ev["lesion_f1_any_overlap"] = ev["lesions_any_overlap"]["all"]["f1"]
         ev["inference_seconds"] = round(seconds, 1)
         result[key] = ev
     result["stage3_audit"] = stage3_audit(items, work)
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(args.out, result)
-    short = {k: {"lesion_f1": v["lesion_f1"], "lesions": v["lesions"]["all"], "pixels": v["pixels_above_130hu"],
+    short = {k: {"lesion_f1": v["lesion_f1"], "lesion_f1_any_overlap": v["lesion_f1_any_overlap"], "lesions": v["lesions"]["all"], "pixels": v["pixels_above_130hu"],
                  "agatston_icc": v["agatston_icc"], "risk_accuracy": v["risk_accuracy"], "kappa": v["risk_kappa_linear"]}
              for k, v in result.items() if k.startswith("stages")}
     print(json.dumps({"stage1": result["stage1"], **short, "stage3_audit": result["stage3_audit"]}, indent=1, default=float))
