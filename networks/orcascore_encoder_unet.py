@@ -2,8 +2,9 @@
 
 Araújo et al., "A Cascade Approach for Automatic Segmentation of Coronary Arteries Calcification in
 Computed Tomography Images Using Deep Learning", Sect. 3.2.2 (calcification segmentation, EfficientNet-B0
-encoder) and Sect. 3.2.3 (false-positive removal, EfficientNet-B5 encoder on 96 x 96 crops); encoder
-alternatives of Tables 3 and 6 (ResNet-34/50/101, EfficientNet-B0/B3/B5).
+encoder; the section says stages 2 and 3 both use it), Sect. 3.2.3 (false-positive removal on 96 x 96 crops) and
+Sect. 4.3 / Table 6, where the EfficientNet-B5 encoder scores best for stage 3; encoder alternatives of Tables 3 and 6
+(ResNet-34/50/101, EfficientNet-B0/B3/B5).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class OrcaScoreEncoderUNet(FlexibleUNet):
         upsample: decoder up-sampling, "deconv" = the paper's 2x2 transposed convolution.
         pretrained: load ImageNet encoder weights (needs a download; False by default).
         encoder_bn_momentum: momentum (PyTorch convention) of the encoder's batch-norm running
-            statistics, or None to keep the backbone's own (EfficientNet: 0.01, TensorFlow/Keras decay
-            0.99, as the paper's Keras encoders; ResNet: 0.1). With 0.01 the running statistics need a few
+            statistics, or None to keep the backbone's own (EfficientNet: 0.01, i.e. the TensorFlow/Keras decay
+            0.99 of the original EfficientNet; ResNet: 0.1; the paper gives no value). With 0.01 the running statistics need a few
             hundred iterations to settle, so evaluation-mode outputs of a briefly trained network are
             meaningless (see the bundle README); short CPU trainings set 0.1.
     """

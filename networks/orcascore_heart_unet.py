@@ -22,7 +22,8 @@ class OrcaScoreHeartUNet(BasicUNet):
     filters doubles per block from 64 to 1024, every decoder block up-samples with a 2x2
     transposed convolution of stride 2, concatenates the matching encoder block and applies two
     3x3 convolution units. The last layer maps to ``out_channels`` at the input resolution
-    (a 1x1 convolution, which equals the paper's stride-1 transposed convolution with a 1x1 kernel).
+    (a 1x1 convolution; Sect. 3.2.1 only says a transposed convolution returns an image of the input's size, and a
+    stride-1 transposed convolution with a 1x1 kernel, this project's reading, is the same operation).
 
     Args:
         spatial_dims: number of spatial dimensions; the paper works on 2D axial slices (2).

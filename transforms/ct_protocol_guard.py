@@ -2,8 +2,9 @@
 transform placed right after loading: contrast-enhanced scans, data that is not HU, slices thicker
 than 3 mm, ... found by the foundation's :func:`ctbundles.transforms.ct_checks.check_ct`.
 
-The DenseRAUnet paper (Ma and Zhang 2019, section 2.1) trains and tests on non-enhanced chest and
-cardiac CT with 1-3 mm slices; outside that domain the bundle refuses (errors) or warns."""
+The DenseRAUnet paper (Ma and Zhang 2019) scores calcium on chest and cardiac CT; its training scans have 1.0-3.0 mm
+slices (section 2.1). Agatston scoring needs non-contrast scans of at most 3 mm (REFERENCES.md section 1): outside
+that domain the bundle refuses (errors) or warns."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def register_rigid(moving: sitk.Image, fixed: sitk.Image, clip_hu: tuple[float, 
 def frame_coverage(moving: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> dict[str, Any]:
     """How much of the network frame the scan covers.
 
-    The paper's scans reach from the aortic arch to the vertex, so the frame around the intracranial
+    The paper's scans reach from the aortic arch to the intracranial vasculature (Sec. 3), so the frame around the intracranial
     carotids always lies inside them (Sec. 3). A routine head CT may start at the skull base: the frame
     voxels outside the scan are then filled (air, or the scan's end slices with ``outside_fill="edge"``),
     and with air the network sees the scan's cut edge. Returns
