@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from monai.bundle import ConfigParser
 
-from ctbundles.datasets.scan_folder import scan_paths
+from ctbundles.datasets.scan_folder import FORMATS, scan_paths
 from ctbundles.errors import CTInputError
 from tests_support import list_bundles
 
@@ -62,3 +62,35 @@ def test_every_inference_config_lists_its_folder_and_refuses_a_mistyped_one(bund
     parser["dataset_dir"] = str(root)
     listed = [p.split("/")[-1] for p in parser.get_parsed_content("datalist")]
     assert {"a.nii", "b.nii.gz"} <= set(listed) and "notes.txt" not in listed and "c.raw" not in listed
+
+
+def test_scan_paths_refuses_an_output_folder_inside_the_scans_and_scans_that_share_an_output(tmp_path):
+    """Review of session 16: with --output_dir equal to --dataset_dir, the prediction a_seg.nii.gz replaced an input
+    of that name; a DICOM folder "a" and a.nii.gz both wrote a_seg.nii.gz, the second replacing the first."""
+    root = _folder(tmp_path)
+    for out in (root, root / "predictions"):
+        with pytest.raises(CTInputError, match="output_dir is the scans' folder"):
+            scan_paths(root, ("nifti",), out)
+    assert scan_paths(root, ("nifti",), tmp_path / "out") == [str(root / "a.nii"), str(root / "b.nii.gz")]
+    (root / "b.mhd").write_bytes(b"")
+    (root / "a").mkdir()
+    with pytest.raises(CTInputError, match=r"a, a\.nii -> a_seg; b\.mhd, b\.nii\.gz -> b_seg"):
+        scan_paths(root, FORMATS, tmp_path / "out")
+    assert len(scan_paths(root, ("nifti",), tmp_path / "out")) == 2  # only the formats asked can clash
+    assert len(scan_paths(root, FORMATS)) == 7  # without output_dir: the plain listing, clashes included
+
+
+@pytest.mark.parametrize("bundle", list_bundles(), ids=lambda p: p.name)
+def test_every_inference_config_writes_atomically_and_outside_the_scans(bundle, tmp_path):
+    from ctbundles.transforms.atomic_image_writer import AtomicNibabelWriter
+
+    root = _folder(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["dataset_dir"], parser["output_dir"] = str(root), str(root)
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("datalist")
+    assert isinstance(info.value.__cause__, CTInputError) and "output_dir is the scans' folder" in str(info.value.__cause__)
+    parser["output_dir"] = str(tmp_path / "out")
+    savers = [t for t in parser.get_parsed_content("postprocessing").transforms if type(t).__name__ == "SaveImaged"]
+    assert len(savers) == 1 and savers[0].saver.writers == (AtomicNibabelWriter,)
