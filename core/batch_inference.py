@@ -296,6 +296,10 @@ def run_batch(bundle: str | os.PathLike, source: str | os.PathLike, out: str | o
     if not 0 <= rank < world:
         raise CTInputError(f"rank {rank} outside world size {world}")
     out = Path(out).resolve()
+    src = Path(source).resolve()
+    if src.is_dir() and (out == src or out.is_relative_to(src)):
+        raise CTInputError(f"{out}: --out is the input folder {src} or inside it; its cases/ and manifest/ folders would be "
+                           "listed as scans: choose an output folder outside it")
     progress = progress or (lambda line: print(line, flush=True))
     if not resume and (out / MANIFEST_DIR).is_dir() and any((out / MANIFEST_DIR).glob("rank*.jsonl")):
         raise CTInputError(f"{out} already holds a batch manifest; pass --resume to continue it or choose another --out")

@@ -270,3 +270,18 @@ def test_a_folder_without_scans_is_refused_naming_it(tiny_bundle, cohort, tmp_pa
     with pytest.raises(CTInputError, match=r"empty: no scans to read in dataset_dir"):
         runner.datalist(empty)
     assert [Path(p).name for p in runner.datalist(cohort)] == sorted(p.name for p in cohort.iterdir())
+
+
+def test_out_inside_the_input_folder_is_refused(tiny_bundle, cohort, tmp_path):
+    """Review of session 16: --out inside --input made the batch list its own cases/ and manifest/ as scans."""
+    before = sorted(p.name for p in cohort.iterdir())
+    for out in (cohort, cohort / "batch"):
+        with pytest.raises(CTInputError, match="is the input folder"):
+            run_batch(tiny_bundle, cohort, out, overrides=TINY, progress=lambda _: None)
+    assert sorted(p.name for p in cohort.iterdir()) == before
+    json_list = tmp_path / "cases.json"
+    json_list.write_text(json.dumps({"test": [{"image": str(p)} for p in sorted(cohort.iterdir())]}))
+    assert list_cases(json_list) == [str(p) for p in sorted(cohort.iterdir())]  # the folder layouts' "test" key
+    json_list.write_text(json.dumps({"testing": []}))
+    with pytest.raises(CTInputError, match="no cases under"):
+        list_cases(json_list)
