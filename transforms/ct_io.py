@@ -236,7 +236,9 @@ def _dicom_candidates(folder: Path) -> list[Path]:
     return [p for p in files if p.name.upper() != "DICOMDIR"]
 
 
-def _read_headers(folder: Path) -> list[tuple[Path, Any]]:
+def _read_headers(folder: Path, unreadable: list[str] | None = None) -> list[tuple[Path, Any]]:
+    """(file, header) of the image slices in ``folder``; files named as DICOM (``DICOM_SUFFIXES``) whose header
+    cannot be read are listed in ``unreadable`` ("name (reason)"), other unreadable files are not DICOM and skipped."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -244,7 +246,13 @@ def _read_headers(folder: Path) -> list[tuple[Path, Any]]:
     for f in _dicom_candidates(folder):
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, force=f.suffix.lower() in DICOM_SUFFIXES)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as err:
+            if unreadable is not None and f.suffix.lower() in DICOM_SUFFIXES:
+                unreadable.append(f"{f.name} ({type(err).__name__}: {err})" if str(err) else f"{f.name} ({type(err).__name__})")
+            continue
+        if len(ds) == 0:  # forced read of an empty or non-DICOM file named .dcm: no data element at all
+            if unreadable is not None and f.suffix.lower() in DICOM_SUFFIXES:
+                unreadable.append(f"{f.name} (empty file)" if f.stat().st_size == 0 else f"{f.name} (no DICOM data elements)")
             continue
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "Rows" not in ds:
             continue  # not an image slice (structured report, presentation state, ...)
@@ -252,11 +260,12 @@ def _read_headers(folder: Path) -> list[tuple[Path, Any]]:
     return headers
 
 
-def list_dicom_series(folder: str | os.PathLike) -> list[SeriesInfo]:
-    """The image series in a DICOM folder, from the headers only (largest series first)."""
+def list_dicom_series(folder: str | os.PathLike, unreadable: list[str] | None = None) -> list[SeriesInfo]:
+    """The image series in a DICOM folder, from the headers only (largest series first); files named as DICOM that
+    cannot be read go to ``unreadable`` when a list is given."""
     folder = Path(folder)
     groups: dict[str, SeriesInfo] = {}
-    for f, ds in _read_headers(folder):
+    for f, ds in _read_headers(folder, unreadable):
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         info = groups.get(uid)
         if info is None:
@@ -269,7 +278,11 @@ def list_dicom_series(folder: str | os.PathLike) -> list[SeriesInfo]:
 
 
 def _select_series(folder: Path, series_uid: str | None) -> SeriesInfo:
-    series = list_dicom_series(folder)
+    unreadable: list[str] = []
+    series = list_dicom_series(folder, unreadable)
+    if unreadable:  # an empty or corrupt slice file: the series would silently lose a slice (at its edge: unnoticed)
+        shown = "; ".join(unreadable[:5]) + (f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise CTInputError(f"{folder}: {len(unreadable)} DICOM file(s) cannot be read: {shown}")
     if not series:
         raise CTInputError(f"{folder}: no DICOM image slices found in this folder")
     listing = "\n".join(f"  {s}" for s in series)

@@ -326,3 +326,16 @@ def test_loadctd_in_compose_with_path_string_and_collate(tmp_path):
     batch = next(iter(DataLoader(ds, batch_size=2)))
     assert batch["image"].shape == (2, 1, 8, 8, 4)
     assert math.isnan(float(batch["image"].meta["kvp"][0])) and float(batch["image"].meta["kvp"][1]) == 120.0
+
+
+def test_an_unreadable_dicom_file_in_the_series_folder_is_named(tmp_path):
+    """Review of session 16: an empty .dcm at the edge of the stack was skipped silently (one slice fewer, no
+    warning); a junk file without a DICOM name is still ignored."""
+    hu = _volume()
+    write_dicom_series(tmp_path, hu, prefix="a")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    np.testing.assert_array_equal(load_ct(tmp_path).numpy(), np.round(hu))
+    (tmp_path / "a_999.dcm").write_bytes(b"")
+    with pytest.raises(CTInputError, match=r"1 DICOM file\(s\) cannot be read: a_999\.dcm"):
+        load_ct(tmp_path)
+    assert [s.n_slices for s in list_dicom_series(tmp_path)] == [hu.shape[2]]  # listing the series still works
